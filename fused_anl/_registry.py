@@ -1,0 +1,119 @@
+"""The loss family as data: every loss is ``alpha * ACTIVE + beta * PASSIVE``.
+
+One table drives everything else: the reference implementations, the analytic torch
+backend, the Triton kernels (which receive the two term codes as compile-time
+constants), the functional API, the ``nn.Module`` classes and :func:`get_loss`.
+A single-term loss is the same mechanism with the other term set to ``NONE``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+# Term codes. They are compile-time constants of the Triton kernels: keep in sync with
+# kernels/_terms.py (asserted by tests/test_registry.py).
+A_NONE, A_CE, A_FL, A_NCE, A_NFL = 0, 1, 2, 3, 4
+P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL = 0, 1, 2, 3, 4, 5, 6, 7, 8
+
+# RCE's constant: -log(clamp(onehot_k, 1e-4, 1)) for k != y.
+RCE_A = -math.log(1e-4)
+# The clamp floor on probabilities used by RCE and GCE (fixed by the published code).
+P_FLOOR = 1e-7
+
+
+@dataclass(frozen=True)
+class LossSpec:
+    name: str
+    active: int
+    passive: int
+    hyper: dict = field(default_factory=dict)  # hyperparameter -> default
+    doc: str = ""
+    module: str = ""
+
+    @property
+    def focal(self) -> bool:
+        return self.active in (A_FL, A_NFL) or self.passive == P_NNFL
+
+    @property
+    def keywords(self) -> tuple:
+        kw = tuple(self.hyper)
+        if self.focal:
+            kw += ("detach_focal_weight",)
+        return kw
+
+
+def _spec(name, active, passive, module, doc, **hyper):
+    return LossSpec(name, active, passive, hyper, doc, module)
+
+
+_G = dict(gamma=0.5)
+_PMIN = dict(p_min=1e-7)
+_AB = dict(alpha=1.0, beta=1.0)
+
+LOSSES = {
+    s.name: s
+    for s in [
+        # active terms on their own
+        _spec("ce", A_CE, P_NONE, "CELoss", "-log p_y"),
+        _spec("fl", A_FL, P_NONE, "FLLoss", "-(1-p_y)^gamma log p_y (weight detached)", **_G),
+        _spec("nce", A_NCE, P_NONE, "NCELoss", "log p_y / sum_k log p_k"),
+        _spec("nfl", A_NFL, P_NONE, "NFLLoss", "w_y log p_y / sum_k w_k log p_k, w=(1-p)^gamma", **_G),
+        # normalized negative terms (the paper's contribution)
+        _spec("nnce", A_NONE, P_NNCE, "NNCELoss", "1 - v_y / sum_k v_k, v_k = A + log clamp(p_k, p_min, 1)", **_PMIN),
+        _spec("nnfl", A_NONE, P_NNFL, "NNFLLoss", "1 - (A - FL_y) / (K A - sum_k FL_k)", **_G, **_PMIN),
+        # passive and asymmetric baselines
+        _spec("mae", A_NONE, P_MAE, "MAELoss", "1 - p_y"),
+        _spec("rce", A_NONE, P_RCE, "RCELoss", "-log(1e-4) sum_{k!=y} clamp(p_k, 1e-7, 1)"),
+        _spec("gce", A_NONE, P_GCE, "GCELoss", "(1 - clamp(p_y, 1e-7, 1)^q) / q", q=0.7),
+        _spec("agce", A_NONE, P_AGCE, "AGCELoss", "((a+1)^q - (a+p_y)^q) / q", a=6.0, q=1.5),
+        _spec("aul", A_NONE, P_AUL, "AULLoss", "((a-p_y)^q - (a-1)^q) / q", a=6.3, q=1.5),
+        _spec("ael", A_NONE, P_AEL, "AELLoss", "exp(-p_y / a)", a=5.0),
+        # combinations (alpha * active + beta * passive)
+        _spec("sce", A_CE, P_RCE, "SCELoss", "alpha CE + beta RCE", alpha=0.1, beta=1.0),
+        _spec("anl_ce", A_NCE, P_NNCE, "ANLCELoss", "alpha NCE + beta NNCE", **_AB, **_PMIN),
+        _spec("anl_fl", A_NFL, P_NNFL, "ANLFLLoss", "alpha NFL + beta NNFL", **_AB, **_G, **_PMIN),
+        _spec("nce_rce", A_NCE, P_RCE, "NCERCELoss", "alpha NCE + beta RCE", **_AB),
+        _spec("nce_mae", A_NCE, P_MAE, "NCEMAELoss", "alpha NCE + beta MAE", **_AB),
+        _spec("nfl_rce", A_NFL, P_RCE, "NFLRCELoss", "alpha NFL + beta RCE", **_AB, **_G),
+        _spec("nfl_mae", A_NFL, P_MAE, "NFLMAELoss", "alpha NFL + beta MAE", **_AB, **_G),
+        _spec("nce_agce", A_NCE, P_AGCE, "NCEAGCELoss", "alpha NCE + beta AGCE", **_AB, a=6.0, q=1.5),
+        _spec("nce_aul", A_NCE, P_AUL, "NCEAULLoss", "alpha NCE + beta AUL", **_AB, a=6.3, q=1.5),
+        _spec("nce_ael", A_NCE, P_AEL, "NCEAELLoss", "alpha NCE + beta AEL", **_AB, a=5.0),
+    ]
+}
+
+
+def resolve_hyper(spec: LossSpec, given: dict) -> dict:
+    """Defaults filled in, unknown keys rejected, values checked. Returns floats for
+    alpha, beta, gamma, q, a, p_min (the ones a loss does not use are neutral)."""
+    unknown = set(given) - set(spec.hyper)
+    if unknown:
+        raise TypeError(
+            f"{spec.name}() got unexpected keyword(s) {sorted(unknown)}; it takes {sorted(spec.hyper)}"
+        )
+    h = dict(spec.hyper, **given)
+    out = dict(alpha=1.0, beta=1.0, gamma=0.0, q=1.0, a=1.0, p_min=1e-7)
+    if spec.active == A_NONE:
+        out["alpha"] = 0.0
+    if spec.passive == P_NONE:
+        out["beta"] = 0.0
+    for k, v in h.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if not (hasattr(v, "item") and getattr(v, "numel", lambda: 0)() == 1):
+                raise TypeError(f"{spec.name}: hyperparameter {k} must be a number, got {type(v).__name__}")
+            v = v.item()
+        v = float(v)
+        if not math.isfinite(v):
+            raise ValueError(f"{spec.name}: hyperparameter {k}={v} must be finite")
+        out[k] = v
+    if not 0.0 < out["p_min"] < 1.0:
+        raise ValueError(f"{spec.name}: p_min must lie in (0, 1), got {out['p_min']}")
+    if out["gamma"] < 0.0:
+        raise ValueError(f"{spec.name}: gamma must be >= 0, got {out['gamma']}")
+    if "q" in spec.hyper and out["q"] <= 0.0:
+        raise ValueError(f"{spec.name}: q must be > 0, got {out['q']}")
+    if spec.passive in (P_AGCE, P_AEL) and out["a"] <= 0.0:
+        raise ValueError(f"{spec.name}: a must be > 0, got {out['a']}")
+    if spec.passive == P_AUL and out["a"] <= 1.0:
+        raise ValueError(f"{spec.name}: a must be > 1 (AUL uses (a - 1)^q), got {out['a']}")
+    return out

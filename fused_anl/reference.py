@@ -1,0 +1,124 @@
+"""Eager PyTorch implementations of every loss in SPEC.md: the oracle.
+
+Written to follow SPEC.md to the letter and differentiated by autograd, with no
+attempt at speed or memory economy. Arithmetic is float32 whatever the logits'
+dtype (as in the published code), float64 for float64 logits. The signatures are
+those of the fused functional API (``backend`` is accepted and ignored).
+
+Absent classes (``-inf`` logits) take part in no sum, per SPEC.md.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from . import _registry as R
+from ._checks import check_inputs
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _focal_weight(p, gamma, detach):
+    w = (1.0 - p) ** gamma
+    return w.detach() if detach else w
+
+
+def _active(kind, l, p, present, y_onehot, h, detach):
+    l_y = l.where(y_onehot, 0).sum(1)
+    if kind == R.A_CE:
+        return -l_y
+    if kind == R.A_FL:
+        p_y = l_y.exp()
+        return -_focal_weight(p_y, h["gamma"], detach) * l_y
+    if kind == R.A_NCE:
+        return l_y / l.where(present, 0).sum(1)
+    if kind == R.A_NFL:
+        wl = _focal_weight(p, h["gamma"], detach) * l
+        return wl.where(y_onehot, 0).sum(1) / wl.where(present, 0).sum(1)
+    raise AssertionError(kind)
+
+
+def _passive(kind, l, p, present, y_onehot, h, detach):
+    p_y = p.where(y_onehot, 0).sum(1)
+    if kind == R.P_NNCE:
+        a = -math.log(h["p_min"])
+        v = a + torch.log(torch.clamp(p, h["p_min"], 1.0))
+        return 1.0 - v.where(y_onehot, 0).sum(1) / v.sum(1)
+    if kind == R.P_NNFL:
+        pm, g = h["p_min"], h["gamma"]
+        lc = torch.clamp(l, min=math.log(pm))
+        fl = -_focal_weight(lc.exp(), g, detach) * lc
+        a = -((1.0 - pm) ** g) * math.log(pm)
+        k = l.shape[1]
+        return 1.0 - (a - fl.where(y_onehot, 0).sum(1)) / (k * a - fl.sum(1))
+    if kind == R.P_MAE:
+        return 1.0 - p_y
+    if kind == R.P_RCE:
+        others = present & ~y_onehot
+        return R.RCE_A * torch.clamp(p, R.P_FLOOR, 1.0).where(others, 0).sum(1)
+    q, a = h["q"], h["a"]
+    if kind == R.P_GCE:
+        return (1.0 - torch.clamp(p_y, R.P_FLOOR, 1.0) ** q) / q
+    if kind == R.P_AGCE:
+        return ((a + 1.0) ** q - (a + p_y) ** q) / q
+    if kind == R.P_AUL:
+        return ((a - p_y) ** q - (a - 1.0) ** q) / q
+    if kind == R.P_AEL:
+        return torch.exp(-p_y / a)
+    raise AssertionError(kind)
+
+
+def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
+    """Apply class weights, ignore_index and the reduction to per-row losses."""
+    keep = t != ignore_index
+    w = keep.to(loss.dtype)
+    if weight is not None:
+        w = w * weight.to(loss.dtype)[t.clamp(0, weight.shape[0] - 1)]
+    loss = torch.where(keep, loss, torch.zeros_like(loss)) * w
+    if reduction == "none":
+        return loss.reshape(out_shape)
+    if reduction == "sum":
+        return loss.sum()
+    den = w.sum()
+    return loss.sum() / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
+                 backend="torch", detach_focal_weight=True, **hyper):
+    spec = R.LOSSES[name]
+    h = R.resolve_hyper(spec, hyper)
+    check_inputs(name, logits, target, weight, reduction, ignore_index)
+    k = logits.shape[1]
+    z = logits.movedim(1, -1).reshape(-1, k).to(compute_dtype(logits.dtype))
+    t = target.reshape(-1).long()
+    keep = t != ignore_index
+    y_onehot = torch.nn.functional.one_hot(torch.where(keep, t, 0).clamp(0, k - 1), k).bool()
+    present = z > float("-inf")
+    l = torch.log_softmax(z, dim=1)
+    p = l.exp()
+    loss = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
+    if spec.active != R.A_NONE:
+        loss = loss + h["alpha"] * _active(spec.active, l, p, present, y_onehot, h, detach_focal_weight)
+    if spec.passive != R.P_NONE:
+        loss = loss + h["beta"] * _passive(spec.passive, l, p, present, y_onehot, h, detach_focal_weight)
+    return reduce_rows(loss, t, weight, reduction, ignore_index, target.shape)
+
+
+def _make(name):
+    spec = R.LOSSES[name]
+
+    def fn(logits, target, **kwargs):
+        return loss_by_name(name, logits, target, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"Reference {name}: {spec.doc}. Keywords: {', '.join(spec.keywords) or 'none'}."
+    return fn
+
+
+for _name in R.LOSSES:
+    globals()[_name] = _make(_name)
+
+__all__ = list(R.LOSSES) + ["loss_by_name", "reduce_rows"]
