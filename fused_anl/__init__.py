@@ -1,3 +1,48 @@
-"""fused_anl: fused robust losses for learning with noisy labels."""
-from . import reference  # noqa: F401
-from ._registry import LOSSES  # noqa: F401
+"""fused_anl: fused robust losses for learning with noisy labels.
+
+The Active Negative Loss family (NCE, NNCE, NFL, NNFL, ANL-CE, ANL-FL) and the
+baselines of the paper (CE, FL, MAE, RCE, GCE, SCE, AGCE, AUL, AEL and the APL/ALF
+combinations), each as a fused functional (``fused_anl.anl_ce``), an ``nn.Module``
+(``fused_anl.ANLCELoss``) and an eager reference (``fused_anl.reference.anl_ce``).
+"""
+import importlib.util as _ilu
+import sys as _sys
+from pathlib import Path as _Path
+
+
+def _ensure_kernels_package():
+    """Make the top-level kernels/ folder importable as ``fused_anl.kernels``.
+
+    A wheel or an editable install maps it there already; running from the source
+    tree (no install) loads it from the folder beside this package.
+    """
+    name = __name__ + ".kernels"
+    if name in _sys.modules:
+        return
+    try:
+        if _ilu.find_spec(name) is not None:
+            return
+    except ImportError:
+        pass
+    src = _Path(__file__).resolve().parent.parent / "kernels"
+    spec = _ilu.spec_from_file_location(name, src / "__init__.py",
+                                        submodule_search_locations=[str(src)])
+    if spec is None:
+        raise ImportError(f"fused_anl: cannot find the kernels package (looked in {src})")
+    mod = _ilu.module_from_spec(spec)
+    _sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+
+
+_ensure_kernels_package()
+
+from . import reference  # noqa: E402,F401
+from ._registry import LOSSES  # noqa: E402,F401
+from .functional import *  # noqa: E402,F401,F403
+from .functional import __all__ as _functional_all  # noqa: E402
+from .modules import *  # noqa: E402,F401,F403
+from .modules import __all__ as _modules_all  # noqa: E402
+from .factory import PRESETS, get_loss  # noqa: E402,F401
+
+__version__ = "0.1.0"
+__all__ = list(_functional_all) + list(_modules_all) + ["PRESETS", "get_loss", "reference", "LOSSES"]

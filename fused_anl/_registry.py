@@ -10,10 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-# Term codes. They are compile-time constants of the Triton kernels: keep in sync with
-# kernels/_terms.py (asserted by tests/test_registry.py).
-A_NONE, A_CE, A_FL, A_NCE, A_NFL = 0, 1, 2, 3, 4
-P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL = 0, 1, 2, 3, 4, 5, 6, 7, 8
+from .kernels._codes import (  # noqa: F401  (term codes shared with the kernels)
+    A_CE, A_FL, A_NCE, A_NFL, A_NONE, P_AEL, P_AGCE, P_AUL, P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE,
+    P_RCE,
+)
 
 # RCE's constant: -log(clamp(onehot_k, 1e-4, 1)) for k != y.
 RCE_A = -math.log(1e-4)

@@ -1,0 +1,162 @@
+"""Analytic PyTorch backend: the kernels' algorithm in torch ops, for any device.
+
+Same row statistics and closed-form gradient as the Triton kernels (the derivation
+is in kernels/_terms.py), computed on chunks of rows so that the extra memory is a
+few ``chunk x K`` float32 buffers however large ``N x K`` is, and no autograd graph
+of K-sized intermediates is ever built.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _registry as R
+
+# Elements (rows x K) per chunk: bounds the temporaries to a few MiB each.
+CHUNK_ELEMENTS = 1 << 21
+
+
+def _pow(x, e):
+    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny) ** e,
+                       torch.ones_like(x) if e == 0 else torch.zeros_like(x))
+
+
+def _focal_u(l, p, w, gamma, exact):
+    """d(w l)/dl with w = (1-p)^gamma: w if w is detached, else w - gamma l p w / (1-p)."""
+    if not exact:
+        return w
+    om = 1.0 - p
+    return torch.where(om > 0, w - gamma * l * p * w / torch.where(om > 0, om, 1.0), w)
+
+
+def _elementwise(z, lse, y, h, active, passive, exact):
+    """(a1, ea, b1, eb, p) per element; see kernels/_terms.py elementwise()."""
+    present = z > float("-inf")
+    l = z - lse[:, None]
+    p = torch.exp(l)
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    a1 = ea = b1 = eb = zero
+    lpm = h["log_pmin"]
+    if active == R.A_NCE:
+        ea = present.to(z.dtype)
+    elif active == R.A_NFL:
+        w = _pow(1.0 - p, h["gamma"])
+        a1 = torch.where(present, w * l, zero)
+        ea = torch.where(present, _focal_u(l, p, w, h["gamma"], exact), zero)
+    if passive == R.P_NNCE:
+        b1 = h["A_nnce"] + l.clamp_min(lpm)
+        eb = (l >= lpm).to(z.dtype)
+    elif passive == R.P_NNFL:
+        lc = l.clamp_min(lpm)
+        w = _pow(1.0 - torch.exp(lc), h["gamma"])
+        b1 = torch.where(present, -w * lc, zero)
+        eb = torch.where(l >= lpm, _focal_u(l, p, w, h["gamma"], exact), zero)
+    elif passive == R.P_RCE:
+        cols = torch.arange(z.shape[1], device=z.device)
+        other = present & (cols[None, :] != y[:, None])
+        b1 = torch.where(other, p.clamp_min(R.P_FLOOR), zero)
+        eb = torch.where(other & (p >= R.P_FLOOR), p, zero)
+    return a1, ea, b1, eb, p
+
+
+def _epilogue(lse, c, S, A1, EA, B1, EB, zy, h, active, passive, exact):
+    """Per-row (L, c1, c2, c3a, c3b); mirrors kernels/_terms.py epilogue()."""
+    ly = zy - lse
+    py = torch.exp(ly)
+    zero = torch.zeros_like(ly)
+    g, lpm = h["gamma"], h["log_pmin"]
+    La, k1a, k2a, k3a = zero, zero, zero, zero
+    if active == R.A_CE:
+        La, k1a, k2a = -ly, zero - 1.0, zero + 1.0
+    elif active == R.A_FL:
+        w = _pow(1.0 - py, g)
+        u = _focal_u(ly, py, w, g, exact)
+        La, k1a, k2a = -w * ly, -u, u
+    elif active == R.A_NCE:
+        La, k1a = ly / S, 1.0 / S
+        k2a, k3a = -1.0 / S + ly * c / S**2, -ly / S**2
+    elif active == R.A_NFL:
+        wy = _pow(1.0 - py, g)
+        uy = _focal_u(ly, py, wy, g, exact)
+        num = wy * ly
+        La, k1a = num / A1, uy / A1
+        k2a, k3a = -uy / A1 + num * EA / A1**2, -num / A1**2
+    Lb, k1b, k2b, k3b = zero, zero, zero, zero
+    if passive == R.P_NNCE:
+        vy = h["A_nnce"] + ly.clamp_min(lpm)
+        my = (ly >= lpm).to(ly.dtype)
+        Lb, k1b = 1.0 - vy / B1, -my / B1
+        k2b, k3b = my / B1 - vy * EB / B1**2, vy / B1**2
+    elif passive == R.P_NNFL:
+        a_nnfl = h["A_nnfl"]
+        lcy = ly.clamp_min(lpm)
+        wy = _pow(1.0 - torch.exp(lcy), g)
+        uy = torch.where(ly >= lpm, _focal_u(ly, py, wy, g, exact), zero)
+        num, den = a_nnfl + wy * lcy, c * a_nnfl - B1
+        Lb, k1b = 1.0 - num / den, -uy / den
+        k2b, k3b = uy / den - num * EB / den**2, num / den**2
+    elif passive == R.P_MAE:
+        Lb, k1b, k2b = 1.0 - py, -py, py
+    elif passive == R.P_RCE:
+        Lb, k2b, k3b = R.RCE_A * B1, -R.RCE_A * EB, zero + R.RCE_A
+    elif passive == R.P_GCE:
+        q = h["q"]
+        pq = _pow(py.clamp_min(R.P_FLOOR), q)
+        Lb, k1b = (1.0 - pq) / q, torch.where(py >= R.P_FLOOR, -pq, zero)
+        k2b = -k1b
+    elif passive in (R.P_AGCE, R.P_AUL):
+        q, a = h["q"], h["a"]
+        if passive == R.P_AGCE:
+            Lb, k1b = (h["C_pass"] - _pow(a + py, q)) / q, -_pow(a + py, q - 1.0) * py
+        else:
+            Lb, k1b = (_pow(a - py, q) - h["C_pass"]) / q, -_pow(a - py, q - 1.0) * py
+        k2b = -k1b
+    elif passive == R.P_AEL:
+        Lb = torch.exp(-py / h["a"])
+        k1b = -Lb / h["a"] * py
+        k2b = -k1b
+    al, be = h["alpha"], h["beta"]
+    return al * La + be * Lb, al * k1a + be * k1b, al * k2a + be * k2b, al * k3a, be * k3b
+
+
+def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_index,
+             compute_grad, grad_dtype=None):
+    """Same contract as kernels.launch.row_loss (hv: dict of double constants)."""
+    n, k, d = z3.shape
+    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    loss = torch.empty(n * d, dtype=cdt, device=z3.device)
+    grad = torch.empty((n, k, d), dtype=grad_dtype or z3.dtype, device=z3.device) if compute_grad else None
+    step = max(1, CHUNK_ELEMENTS // max(1, k * d))
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        z = z3[n0:n1].to(cdt).permute(0, 2, 1).reshape(-1, k)  # rows (n, d) of this chunk
+        t = target[n0 * d:n1 * d].long()
+        valid = t != ignore_index
+        in_range = (t >= 0) & (t < k)
+        ys = torch.where(in_range, t, 0)
+        zy = z.gather(1, ys[:, None])[:, 0]
+        zy = torch.where(in_range & (zy > float("-inf")), zy, torch.full_like(zy, float("nan")))
+        present = z > float("-inf")
+        m = z.amax(1)
+        ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
+        s = torch.exp(z - ms[:, None]).sum(1)
+        lse = ms + torch.log(s)
+        c = present.sum(1).to(cdt)
+        a1, ea, b1, eb, p = _elementwise(z, lse, ys, hv, active, passive, exact)
+        S = torch.where(present, z - lse[:, None], torch.zeros((), dtype=cdt, device=z.device)).sum(1)
+        sums = [x.sum(1) if x.dim() == 2 else x for x in (a1, ea, b1, eb)]
+        L, c1, c2, c3a, c3b = _epilogue(lse, c, S, *sums, zy, hv, active, passive, exact)
+        wy = weight.to(cdt)[ys] if weight is not None else torch.ones_like(L)
+        loss[n0 * d:n1 * d] = torch.where(valid, L * wy, torch.zeros_like(L))
+        if compute_grad:
+            scale = torch.where(valid, wy, torch.zeros_like(wy))
+            if den is not None:
+                scale = scale / den.to(cdt)
+            g = c2[:, None] * p
+            if active in (R.A_NCE, R.A_NFL):
+                g += c3a[:, None] * ea
+            if passive in (R.P_NNCE, R.P_NNFL, R.P_RCE):
+                g += c3b[:, None] * eb
+            g.scatter_add_(1, ys[:, None], c1[:, None])
+            g = torch.where(valid[:, None], g * scale[:, None], torch.zeros((), dtype=cdt, device=z.device))
+            grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
+    return loss, grad

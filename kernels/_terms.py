@@ -1,0 +1,265 @@
+"""The loss family's math as Triton device functions (no kernels, no launches).
+
+Every loss is ``alpha * ACTIVE + beta * PASSIVE`` and is computed in three steps:
+
+1. stats1 over the row (online): ``m = max z``, ``s = sum exp(z - m)``,
+   ``d = sum (z - m)``, ``c = #present`` (present: ``z > -inf``). Hence
+   ``lse = m + log s`` and NCE's normalizer ``S = sum_k l_k = d - c log s``.
+2. stats2 over the row, once lse is known, for the terms that need it
+   (NFL, NNCE, NNFL, RCE): per-element values ``a1, ea, b1, eb`` summed to
+   ``A1, EA, B1, EB`` (see ``elementwise``).
+3. the gradient ``dL/dz_j = c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` with
+   row scalars from ``epilogue``. ``ea``/``eb`` are the active/passive terms'
+   elementwise masks or weights, the same values that stats2 summed.
+
+Derivation (one term at a time; ``dl_k/dz_j = [k == j] - p_j``, ``dp_y/dz_j = p_y([j==y] - p_j)``):
+- CE ``-l_y``:                 c1 = -1, c2 = 1.
+- FL ``-w_y l_y``, ``w = (1-p)^g`` detached: c1 = -u_y, c2 = u_y, with ``u = w``
+  (detached) or ``u = w + l p dw/dp = w - g l p w / (1 - p)`` (exact derivative).
+- NCE ``l_y / S``:           c1 = 1/S, c2 = -1/S + l_y c / S^2, c3 = -l_y / S^2, e = present.
+- NFL ``w_y l_y / T``, ``T = sum_k w_k l_k``: dT/dz_j = u_j - p_j U, so
+  c1 = u_y/T, c2 = -u_y/T + w_y l_y U / T^2, c3 = -w_y l_y / T^2, e = u (present).
+- NNCE ``1 - v_y / V``, ``v = A + max(l, log p_min)``, ``m_k = [l_k >= log p_min]``:
+  c1 = -m_y/V, c2 = m_y/V - v_y M / V^2, c3 = v_y / V^2, e = m.
+- NNFL ``1 - (A' - FL_y) / (c A' - sum FL)``, ``FL = -w(lc) lc``, ``lc = max(l, log p_min)``:
+  with ``N = A' - FL_y``, ``D = c A' - sum FL``, ``e = m u``, ``E = sum e``:
+  c1 = -m_y u_y / D, c2 = m_y u_y / D - N E / D^2, c3 = N / D^2.
+  (Absent classes have FL = A' and cancel from ``K A' - sum FL``; we use the present count c.)
+- RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``: with ``e = p [k != y][p >= 1e-7]``,
+  ``Q = sum e``: c2 = -A4 Q, c3 = A4.
+- MAE, GCE, AGCE, AUL, AEL depend on p_y alone: ``L = f(p_y)`` gives
+  c1 = f'(p_y) p_y, c2 = -c1 (GCE's clamp zeroes both where p_y < 1e-7).
+"""
+import triton
+import triton.language as tl
+
+from . import _codes as C
+
+A_NONE = tl.constexpr(C.A_NONE)
+A_CE = tl.constexpr(C.A_CE)
+A_FL = tl.constexpr(C.A_FL)
+A_NCE = tl.constexpr(C.A_NCE)
+A_NFL = tl.constexpr(C.A_NFL)
+P_NONE = tl.constexpr(C.P_NONE)
+P_NNCE = tl.constexpr(C.P_NNCE)
+P_NNFL = tl.constexpr(C.P_NNFL)
+P_MAE = tl.constexpr(C.P_MAE)
+P_RCE = tl.constexpr(C.P_RCE)
+P_GCE = tl.constexpr(C.P_GCE)
+P_AGCE = tl.constexpr(C.P_AGCE)
+P_AUL = tl.constexpr(C.P_AUL)
+P_AEL = tl.constexpr(C.P_AEL)
+H_ALPHA = tl.constexpr(C.H_ALPHA)
+H_BETA = tl.constexpr(C.H_BETA)
+H_GAMMA = tl.constexpr(C.H_GAMMA)
+H_Q = tl.constexpr(C.H_Q)
+H_A = tl.constexpr(C.H_A)
+H_LOG_PMIN = tl.constexpr(C.H_LOG_PMIN)
+H_A_NNCE = tl.constexpr(C.H_A_NNCE)
+H_A_NNFL = tl.constexpr(C.H_A_NNFL)
+H_C_PASS = tl.constexpr(C.H_C_PASS)
+H_RCE_A = tl.constexpr(C.H_RCE_A)
+H_P_FLOOR = tl.constexpr(C.H_P_FLOOR)
+NEG_INF = tl.constexpr(float("-inf"))
+
+
+@triton.jit
+def _pow(x, e):
+    """x**e for x >= 0 (0**0 = 1, 0**e = 0 for e > 0)."""
+    xs = tl.where(x > 0, x, 1.0)
+    return tl.where(x > 0, tl.exp(e * tl.log(xs)), tl.where(e == 0, 1.0, 0.0))
+
+
+@triton.jit
+def _focal_u(l, p, w, gamma, EXACT: tl.constexpr):
+    """d(w l)/dl for w = (1-p)^gamma: w when w is detached, else w - g l p w / (1-p)."""
+    if EXACT:
+        om = 1.0 - p
+        oms = tl.where(om > 0, om, 1.0)
+        return tl.where(om > 0, w - gamma * l * p * w / oms, w)
+    else:
+        return w
+
+
+@triton.jit
+def needs_stats2(ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
+    return (ACTIVE == A_NFL) or (PASSIVE == P_NNCE) or (PASSIVE == P_NNFL) or (PASSIVE == P_RCE)
+
+
+@triton.jit
+def load_row(z_ptr, base, cols, s_k, K, DT: tl.constexpr):
+    """Columns [cols] of one row in the compute dtype; padding columns read as absent."""
+    z = tl.load(z_ptr + base + cols.to(tl.int64) * s_k, mask=cols < K, other=NEG_INF)
+    return z.to(DT)
+
+
+@triton.jit
+def stats1_block(z):
+    """(max, sum exp(z - max), sum (z - max), #present) of one block; absent entries skipped."""
+    present = z > NEG_INF
+    m = tl.max(z, 0)
+    ms = tl.where(m > NEG_INF, m, 0.0)
+    s = tl.sum(tl.where(present, tl.exp(z - ms), 0.0), 0)
+    d = tl.sum(tl.where(present, z - ms, 0.0), 0)
+    c = tl.sum(tl.where(present, 1.0, 0.0).to(z.dtype), 0)
+    return m, s, d, c
+
+
+@triton.jit
+def merge_stats1(m1, s1, d1, c1, m2, s2, d2, c2):
+    """Combine two stats1 tuples (each relative to its own max) into one."""
+    m = tl.maximum(m1, m2)
+    ms = tl.where(m > NEG_INF, m, 0.0)
+    m1s = tl.where(m1 > NEG_INF, m1, ms)  # an empty side has s = d = c = 0
+    m2s = tl.where(m2 > NEG_INF, m2, ms)
+    s = s1 * tl.exp(m1s - ms) + s2 * tl.exp(m2s - ms)
+    d = d1 + c1 * (m1s - ms) + d2 + c2 * (m2s - ms)
+    return m, s, d, c1 + c2
+
+
+@triton.jit
+def elementwise(z, cols, y, lse, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+                EXACT: tl.constexpr):
+    """Per-element (a1, ea, b1, eb, p): what stats2 sums and what the gradient weights.
+
+    a1: NFL's w*l.  ea: the active term's e (present for NCE, u for NFL).
+    b1: NNCE's v, NNFL's FL, RCE's max(p, 1e-7).  eb: the passive term's e.
+    """
+    present = z > NEG_INF
+    l = z - lse
+    p = tl.where(present, tl.exp(l), 0.0)
+    zero = tl.zeros_like(z)
+    a1 = zero
+    ea = zero
+    b1 = zero
+    eb = zero
+    if ACTIVE == A_NCE:
+        ea = tl.where(present, 1.0, 0.0).to(z.dtype)
+    if ACTIVE == A_NFL:
+        gamma = tl.load(h_ptr + H_GAMMA)
+        w = _pow(1.0 - p, gamma)
+        a1 = tl.where(present, w * l, 0.0)
+        ea = tl.where(present, _focal_u(l, p, w, gamma, EXACT), 0.0)
+    if PASSIVE == P_NNCE:
+        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+        b1 = tl.load(h_ptr + H_A_NNCE) + tl.maximum(l, log_pmin)
+        eb = tl.where(l >= log_pmin, 1.0, 0.0).to(z.dtype)
+    if PASSIVE == P_NNFL:
+        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+        gamma = tl.load(h_ptr + H_GAMMA)
+        lc = tl.maximum(l, log_pmin)
+        pc = tl.exp(lc)
+        w = _pow(1.0 - pc, gamma)
+        b1 = tl.where(present, -w * lc, 0.0)
+        eb = tl.where(l >= log_pmin, _focal_u(l, p, w, gamma, EXACT), 0.0)
+    if PASSIVE == P_RCE:
+        floor = tl.load(h_ptr + H_P_FLOOR)
+        other = present & (cols != y)
+        b1 = tl.where(other, tl.maximum(p, floor), 0.0)
+        eb = tl.where(other & (p >= floor), p, 0.0)
+    return a1, ea, b1, eb, p
+
+
+@triton.jit
+def epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr, ACTIVE: tl.constexpr,
+             PASSIVE: tl.constexpr, EXACT: tl.constexpr):
+    """Per-row loss and gradient coefficients (L, c1, c2, c3a, c3b) from the row sums."""
+    log_s = tl.log(s)
+    lse = m + log_s
+    ly = zy - lse
+    py = tl.exp(ly)
+    alpha = tl.load(h_ptr + H_ALPHA)
+    beta = tl.load(h_ptr + H_BETA)
+    zero = ly * 0.0
+    La = zero
+    k1a = zero
+    k2a = zero
+    k3a = zero
+    if ACTIVE == A_CE:
+        La = -ly
+        k1a = zero - 1.0
+        k2a = zero + 1.0
+    if ACTIVE == A_FL:
+        gamma = tl.load(h_ptr + H_GAMMA)
+        w = _pow(1.0 - py, gamma)
+        u = _focal_u(ly, py, w, gamma, EXACT)
+        La = -w * ly
+        k1a = -u
+        k2a = u
+    if ACTIVE == A_NCE:
+        S = d - c * log_s
+        La = ly / S
+        k1a = 1.0 / S
+        k2a = -1.0 / S + ly * c / (S * S)
+        k3a = -ly / (S * S)
+    if ACTIVE == A_NFL:
+        gamma = tl.load(h_ptr + H_GAMMA)
+        wy = _pow(1.0 - py, gamma)
+        uy = _focal_u(ly, py, wy, gamma, EXACT)
+        num = wy * ly
+        La = num / A1
+        k1a = uy / A1
+        k2a = -uy / A1 + num * EA / (A1 * A1)
+        k3a = -num / (A1 * A1)
+    Lb = zero
+    k1b = zero
+    k2b = zero
+    k3b = zero
+    if PASSIVE == P_NNCE:
+        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+        vy = tl.load(h_ptr + H_A_NNCE) + tl.maximum(ly, log_pmin)
+        my = tl.where(ly >= log_pmin, 1.0, 0.0)
+        Lb = 1.0 - vy / B1
+        k1b = -my / B1
+        k2b = my / B1 - vy * EB / (B1 * B1)
+        k3b = vy / (B1 * B1)
+    if PASSIVE == P_NNFL:
+        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+        gamma = tl.load(h_ptr + H_GAMMA)
+        a_nnfl = tl.load(h_ptr + H_A_NNFL)
+        lcy = tl.maximum(ly, log_pmin)
+        wy = _pow(1.0 - tl.exp(lcy), gamma)
+        uy = tl.where(ly >= log_pmin, _focal_u(ly, py, wy, gamma, EXACT), 0.0)
+        num = a_nnfl + wy * lcy
+        den = c * a_nnfl - B1
+        Lb = 1.0 - num / den
+        k1b = -uy / den
+        k2b = uy / den - num * EB / (den * den)
+        k3b = num / (den * den)
+    if PASSIVE == P_MAE:
+        Lb = 1.0 - py
+        k1b = -py
+        k2b = py
+    if PASSIVE == P_RCE:
+        rce_a = tl.load(h_ptr + H_RCE_A)
+        Lb = rce_a * B1
+        k2b = -rce_a * EB
+        k3b = zero + rce_a
+    if PASSIVE == P_GCE:
+        q = tl.load(h_ptr + H_Q)
+        floor = tl.load(h_ptr + H_P_FLOOR)
+        pq = _pow(tl.maximum(py, floor), q)
+        Lb = (1.0 - pq) / q
+        k1b = tl.where(py >= floor, -pq, 0.0)
+        k2b = -k1b
+    if PASSIVE == P_AGCE:
+        q = tl.load(h_ptr + H_Q)
+        a = tl.load(h_ptr + H_A)
+        Lb = (tl.load(h_ptr + H_C_PASS) - _pow(a + py, q)) / q
+        k1b = -_pow(a + py, q - 1.0) * py
+        k2b = -k1b
+    if PASSIVE == P_AUL:
+        q = tl.load(h_ptr + H_Q)
+        a = tl.load(h_ptr + H_A)
+        Lb = (_pow(a - py, q) - tl.load(h_ptr + H_C_PASS)) / q
+        k1b = -_pow(a - py, q - 1.0) * py
+        k2b = -k1b
+    if PASSIVE == P_AEL:
+        a = tl.load(h_ptr + H_A)
+        Lb = tl.exp(-py / a)
+        k1b = -Lb / a * py
+        k2b = -k1b
+    L = alpha * La + beta * Lb
+    c1 = alpha * k1a + beta * k1b
+    c2 = alpha * k2a + beta * k2b
+    return L, c1, c2, alpha * k3a, beta * k3b, lse

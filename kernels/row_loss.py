@@ -1,0 +1,241 @@
+"""Fused row-loss kernels: loss per row and, in the same launch, its gradient.
+
+Three paths over the same device functions (kernels/_terms.py):
+- single block: the row fits in one block; it is read from memory once, kept in
+  registers for stats1, stats2 and the gradient.
+- streaming: one program walks its row in blocks, up to three times (stats1,
+  stats2, gradient); a row is re-read right after it was read, so the re-reads
+  mostly hit L2.
+- split row: for few, very long rows, each row is cut into chunks handled by
+  separate programs; three launches (stats1 partials, stats2 partials, finish)
+  each combine the previous launch's per-chunk partials of their row first.
+
+Rows are addressed as ``(n, :, d)`` of an ``(N, K, D)`` view, so 2-D logits
+(D = 1), N-D logits and non-contiguous logits need no copy. All offsets are int64.
+Nothing here synchronises with the host: out-of-range labels give NaN rows.
+"""
+import triton
+import triton.language as tl
+
+from ._terms import (
+    NEG_INF,
+    elementwise,
+    epilogue,
+    load_row,
+    merge_stats1,
+    needs_stats2,
+    stats1_block,
+)
+
+
+@triton.jit
+def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
+               HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, DT: tl.constexpr):
+    """Row base offset, label, label logit, validity and gradient scale of one row."""
+    n = row // D
+    base = n * s_n + (row - n * D) * s_d
+    y = tl.load(t_ptr + row).to(tl.int64)
+    valid = y != ignore_index
+    in_range = (y >= 0) & (y < K)
+    ys = tl.where(in_range, y, 0)
+    zy = tl.load(z_ptr + base + ys * s_k).to(DT)
+    # A label out of range or on an absent class: NaN for this sample (SPEC.md).
+    zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
+    wy = zy * 0.0 + 1.0
+    if HAS_WEIGHT:
+        wy = tl.load(w_ptr + ys).to(DT)
+    scale = tl.where(valid, wy, 0.0)
+    if MEAN:
+        scale = scale / tl.load(den_ptr).to(DT)
+    return base, y, valid, zy, wy, scale
+
+
+@triton.jit
+def _chunk_stats1(z_ptr, base, s_k, K, lo, hi, BLOCK_K: tl.constexpr, DT: tl.constexpr):
+    m = tl.full((), NEG_INF, DT)
+    s = tl.zeros((), DT)
+    d = tl.zeros((), DT)
+    c = tl.zeros((), DT)
+    for start in range(lo, hi, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        z = load_row(z_ptr, base, cols, s_k, hi, DT)
+        bm, bs, bd, bc = stats1_block(z)
+        m, s, d, c = merge_stats1(m, s, d, c, bm, bs, bd, bc)
+    return m, s, d, c
+
+
+@triton.jit
+def _chunk_stats2(z_ptr, base, s_k, K, lo, hi, y, lse, h_ptr, ACTIVE: tl.constexpr,
+                  PASSIVE: tl.constexpr, EXACT: tl.constexpr, BLOCK_K: tl.constexpr,
+                  DT: tl.constexpr):
+    A1 = tl.zeros((), DT)
+    EA = tl.zeros((), DT)
+    B1 = tl.zeros((), DT)
+    EB = tl.zeros((), DT)
+    for start in range(lo, hi, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        z = load_row(z_ptr, base, cols, s_k, hi, DT)
+        a1, ea, b1, eb, p = elementwise(z, cols, y, lse, h_ptr, ACTIVE, PASSIVE, EXACT)
+        A1 += tl.sum(a1, 0)
+        EA += tl.sum(ea, 0)
+        B1 += tl.sum(b1, 0)
+        EB += tl.sum(eb, 0)
+    return A1, EA, B1, EB
+
+
+@triton.jit
+def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2, c3a, c3b):
+    """scale * (c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j); exactly 0 on ignored rows."""
+    g = tl.where(cols == y, c1, 0.0) + c2 * p + c3a * ea + c3b * eb
+    return tl.where(valid, g * scale, 0.0)
+
+
+@triton.jit
+def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, hi, y, lse, valid, scale,
+                c1, c2, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+                EXACT: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
+    for start in range(lo, hi, BLOCK_K):
+        cols = start + tl.arange(0, BLOCK_K)
+        z = load_row(z_ptr, base, cols, s_k, hi, DT)
+        a1, ea, b1, eb, p = elementwise(z, cols, y, lse, h_ptr, ACTIVE, PASSIVE, EXACT)
+        g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2, c3a, c3b)
+        tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
+                 g.to(g_ptr.dtype.element_ty), mask=cols < hi)
+
+
+@triton.jit
+def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+                    K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
+                    ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
+                    HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                    SINGLE: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
+    """One program per row: single-block or streaming path."""
+    row = tl.program_id(0).to(tl.int64)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, row, D, s_n, s_d,
+                                               s_k, K, ignore_index, HAS_WEIGHT, MEAN, DT)
+    n = row // D
+    gbase = n * g_n + (row - n * D) * g_d
+    if SINGLE:
+        cols = tl.arange(0, BLOCK_K)
+        z = load_row(z_ptr, base, cols, s_k, K, DT)
+        m, s, d, c = stats1_block(z)
+        lse = m + tl.log(s)
+        a1, ea, b1, eb, p = elementwise(z, cols, y, lse, h_ptr, ACTIVE, PASSIVE, EXACT)
+        L, c1, c2, c3a, c3b, lse = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
+                                            tl.sum(b1, 0), tl.sum(eb, 0), zy, h_ptr,
+                                            ACTIVE, PASSIVE, EXACT)
+        if COMPUTE_GRAD:
+            g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2, c3a, c3b)
+            tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
+                     g.to(g_ptr.dtype.element_ty), mask=cols < K)
+    else:
+        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, K, 0, K, BLOCK_K, DT)
+        lse = m + tl.log(s)
+        A1 = tl.zeros((), DT)
+        EA = tl.zeros((), DT)
+        B1 = tl.zeros((), DT)
+        EB = tl.zeros((), DT)
+        if needs_stats2(ACTIVE, PASSIVE):
+            A1, EA, B1, EB = _chunk_stats2(z_ptr, base, s_k, K, 0, K, y, lse, h_ptr,
+                                           ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+        L, c1, c2, c3a, c3b, lse = epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr,
+                                            ACTIVE, PASSIVE, EXACT)
+        if COMPUTE_GRAD:
+            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, 0, K, y, lse, valid, scale,
+                        c1, c2, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+    tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+
+
+# ---------------------------------------------------------------- split rows
+
+
+@triton.jit
+def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
+    """Combine the P per-chunk stats1 partials of a row (stored as m, s, d, c)."""
+    i = tl.arange(0, P_BLOCK)
+    ptr = part_ptr + (row * P + i) * 4
+    pm = tl.load(ptr, mask=i < P, other=NEG_INF)
+    ps = tl.load(ptr + 1, mask=i < P, other=0.0)
+    pd = tl.load(ptr + 2, mask=i < P, other=0.0)
+    pc = tl.load(ptr + 3, mask=i < P, other=0.0)
+    m = tl.max(pm, 0)
+    ms = tl.where(m > NEG_INF, m, 0.0)
+    pms = tl.where(pm > NEG_INF, pm, ms)
+    s = tl.sum(ps * tl.exp(pms - ms), 0)
+    d = tl.sum(pd + pc * (pms - ms), 0)
+    return m, s, d, tl.sum(pc, 0)
+
+
+@triton.jit
+def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
+                        BLOCK_K: tl.constexpr, DT: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(1)
+    P = tl.num_programs(1)
+    n = row // D
+    base = n * s_n + (row - n * D) * s_d
+    lo = pid * CHUNK
+    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, DT)
+    ptr = part_ptr + (row * P + pid) * 4
+    tl.store(ptr, m)
+    tl.store(ptr + 1, s)
+    tl.store(ptr + 2, d)
+    tl.store(ptr + 3, c)
+
+
+@triton.jit
+def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_k, s_d, CHUNK,
+                        ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
+                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, DT: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(1)
+    P = tl.num_programs(1)
+    n = row // D
+    base = n * s_n + (row - n * D) * s_d
+    y = tl.load(t_ptr + row).to(tl.int64)
+    m, s, d, c = _load_stats1_partials(part1_ptr, row, P, P_BLOCK)
+    lse = m + tl.log(s)
+    lo = pid * CHUNK
+    A1, EA, B1, EB = _chunk_stats2(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), y, lse, h_ptr,
+                                   ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+    ptr = part2_ptr + (row * P + pid) * 4
+    tl.store(ptr, A1)
+    tl.store(ptr + 1, EA)
+    tl.store(ptr + 2, B1)
+    tl.store(ptr + 3, EB)
+
+
+@triton.jit
+def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, part1_ptr, part2_ptr, loss_ptr,
+                        g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, CHUNK, P,
+                        ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
+                        HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
+                        COMPUTE_GRAD: tl.constexpr, BLOCK_K: tl.constexpr,
+                        P_BLOCK: tl.constexpr, DT: tl.constexpr):
+    """Loss (chunk 0 of each row) and the gradient of this program's chunk."""
+    row = tl.program_id(0).to(tl.int64)
+    pid = tl.program_id(1)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, row, D, s_n, s_d,
+                                               s_k, K, ignore_index, HAS_WEIGHT, MEAN, DT)
+    m, s, d, c = _load_stats1_partials(part1_ptr, row, P, P_BLOCK)
+    A1 = tl.zeros((), DT)
+    EA = tl.zeros((), DT)
+    B1 = tl.zeros((), DT)
+    EB = tl.zeros((), DT)
+    if needs_stats2(ACTIVE, PASSIVE):
+        i = tl.arange(0, P_BLOCK)
+        ptr = part2_ptr + (row * P + i) * 4
+        A1 = tl.sum(tl.load(ptr, mask=i < P, other=0.0), 0)
+        EA = tl.sum(tl.load(ptr + 1, mask=i < P, other=0.0), 0)
+        B1 = tl.sum(tl.load(ptr + 2, mask=i < P, other=0.0), 0)
+        EB = tl.sum(tl.load(ptr + 3, mask=i < P, other=0.0), 0)
+    L, c1, c2, c3a, c3b, lse = epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr,
+                                        ACTIVE, PASSIVE, EXACT)
+    if pid == 0:
+        tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+    if COMPUTE_GRAD:
+        n = row // D
+        gbase = n * g_n + (row - n * D) * g_d
+        lo = pid * CHUNK
+        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, tl.minimum(lo + CHUNK, K), y, lse, valid,
+                    scale, c1, c2, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
