@@ -28,13 +28,13 @@ def _focal_u(l, p, w, gamma, exact):
     return torch.where(om > 0, w - gamma * l * p * w / torch.where(om > 0, om, 1.0), w)
 
 
-def _elementwise(z, lse, y, h, active, passive, exact):
-    """(a1, ea, b1, eb, p) per element; see kernels/_terms.py elementwise()."""
+def _elementwise(z, m, log_s, y, h, active, passive, exact):
+    """(a1, ea, b1, eb, bc, p) per element; see kernels/_terms.py elementwise()."""
     present = z > float("-inf")
-    l = z - lse[:, None]
+    l = (z - m[:, None]) - log_s[:, None]
     p = torch.exp(l)
     zero = torch.zeros((), dtype=z.dtype, device=z.device)
-    a1 = ea = b1 = eb = zero
+    a1 = ea = b1 = eb = bc = zero
     lpm = h["log_pmin"]
     if active == R.A_NCE:
         ea = present.to(z.dtype)
@@ -48,19 +48,20 @@ def _elementwise(z, lse, y, h, active, passive, exact):
     elif passive == R.P_NNFL:
         lc = l.clamp_min(lpm)
         w = _pow(1.0 - torch.exp(lc), h["gamma"])
-        b1 = torch.where(present, -w * lc, zero)
+        b1 = torch.where(l >= lpm, h["A_nnfl"] + w * lc, zero)  # A' - FL_k, 0 where clamped
         eb = torch.where(l >= lpm, _focal_u(l, p, w, h["gamma"], exact), zero)
     elif passive == R.P_RCE:
         cols = torch.arange(z.shape[1], device=z.device)
         other = present & (cols[None, :] != y[:, None])
         b1 = torch.where(other, p.clamp_min(R.P_FLOOR), zero)
-        eb = torch.where(other & (p >= R.P_FLOOR), p, zero)
-    return a1, ea, b1, eb, p
+        in_q = other & (p >= R.P_FLOOR)
+        eb, bc = torch.where(in_q, p, zero), torch.where(in_q, zero, p)
+    return a1, ea, b1, eb, bc, p
 
 
-def _epilogue(lse, c, S, A1, EA, B1, EB, zy, h, active, passive, exact):
-    """Per-row (L, c1, c2, c3a, c3b); mirrors kernels/_terms.py epilogue()."""
-    ly = zy - lse
+def _epilogue(m, log_s, c, S, A1, EA, B1, EB, BC, zy, h, active, passive, exact):
+    """Per-row (L, c1, c2a, c2b, c3a, c3b); mirrors kernels/_terms.py epilogue()."""
+    ly = (zy - m) - log_s
     py = torch.exp(ly)
     zero = torch.zeros_like(ly)
     g, lpm = h["gamma"], h["log_pmin"]
@@ -91,13 +92,14 @@ def _epilogue(lse, c, S, A1, EA, B1, EB, zy, h, active, passive, exact):
         lcy = ly.clamp_min(lpm)
         wy = _pow(1.0 - torch.exp(lcy), g)
         uy = torch.where(ly >= lpm, _focal_u(ly, py, wy, g, exact), zero)
-        num, den = a_nnfl + wy * lcy, c * a_nnfl - B1
+        num, den = a_nnfl + wy * lcy, B1
         Lb, k1b = 1.0 - num / den, -uy / den
         k2b, k3b = uy / den - num * EB / den**2, num / den**2
     elif passive == R.P_MAE:
         Lb, k1b, k2b = 1.0 - py, -py, py
     elif passive == R.P_RCE:
-        Lb, k2b, k3b = R.RCE_A * B1, -R.RCE_A * EB, zero + R.RCE_A
+        Lb, k3b = R.RCE_A * B1, zero + R.RCE_A
+        k2b = -R.RCE_A * torch.where(EB > 0.5, 1.0 - BC, EB)
     elif passive == R.P_GCE:
         q = h["q"]
         pq = _pow(py.clamp_min(R.P_FLOOR), q)
@@ -115,7 +117,7 @@ def _epilogue(lse, c, S, A1, EA, B1, EB, zy, h, active, passive, exact):
         k1b = -Lb / h["a"] * py
         k2b = -k1b
     al, be = h["alpha"], h["beta"]
-    return al * La + be * Lb, al * k1a + be * k1b, al * k2a + be * k2b, al * k3a, be * k3b
+    return al * La + be * Lb, al * k1a + be * k1b, al * k2a, be * k2b, al * k3a, be * k3b
 
 
 def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_index,
@@ -138,24 +140,22 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
         present = z > float("-inf")
         m = z.amax(1)
         ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
-        s = torch.exp(z - ms[:, None]).sum(1)
-        lse = ms + torch.log(s)
+        log_s = torch.log(torch.exp(z - ms[:, None]).sum(1))
         c = present.sum(1).to(cdt)
-        a1, ea, b1, eb, p = _elementwise(z, lse, ys, hv, active, passive, exact)
-        S = torch.where(present, z - lse[:, None], torch.zeros((), dtype=cdt, device=z.device)).sum(1)
-        sums = [x.sum(1) if x.dim() == 2 else x for x in (a1, ea, b1, eb)]
-        L, c1, c2, c3a, c3b = _epilogue(lse, c, S, *sums, zy, hv, active, passive, exact)
+        a1, ea, b1, eb, bc, p = _elementwise(z, ms, log_s, ys, hv, active, passive, exact)
+        S = torch.where(present, (z - ms[:, None]) - log_s[:, None],
+                        torch.zeros((), dtype=cdt, device=z.device)).sum(1)
+        sums = [x.sum(1) if x.dim() == 2 else x for x in (a1, ea, b1, eb, bc)]
+        L, c1, c2a, c2b, c3a, c3b = _epilogue(ms, log_s, c, S, *sums, zy, hv, active, passive, exact)
         wy = weight.to(cdt)[ys] if weight is not None else torch.ones_like(L)
         loss[n0 * d:n1 * d] = torch.where(valid, L * wy, torch.zeros_like(L))
         if compute_grad:
             scale = torch.where(valid, wy, torch.zeros_like(wy))
             if den is not None:
                 scale = scale / den.to(cdt)
-            g = c2[:, None] * p
-            if active in (R.A_NCE, R.A_NFL):
-                g += c3a[:, None] * ea
-            if passive in (R.P_NNCE, R.P_NNFL, R.P_RCE):
-                g += c3b[:, None] * eb
+            # per term, as in the kernel (see kernels/row_loss.py _grad_combine)
+            g = c2a[:, None] * p + c3a[:, None] * ea
+            g += c2b[:, None] * p + c3b[:, None] * eb
             g.scatter_add_(1, ys[:, None], c1[:, None])
             g = torch.where(valid[:, None], g * scale[:, None], torch.zeros((), dtype=cdt, device=z.device))
             grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)

@@ -49,9 +49,9 @@ def resolve_backend(backend: str, device: torch.device) -> str:
 
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, weight, spec, h, reduction, ignore_index, exact, backend):
-        n, k = logits.shape[0], logits.shape[1]
-        z3 = logits.reshape(n, k, -1)  # a view whenever the trailing dims can be flattened
+    def forward(ctx, logits, target, weight, spec, h, reduction, ignore_index, exact, backend, dims):
+        n, k, d = dims
+        z3 = logits.reshape(n, k, d)  # a view whenever the trailing dims can be flattened
         t = target.reshape(-1)
         compute_grad = ctx.needs_input_grad[0]
         cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
@@ -96,7 +96,7 @@ class _FusedLoss(torch.autograd.Function):
             grad.mul_(grad_out.reshape(grad.shape[0], 1, -1))
         else:
             grad.mul_(grad_out)
-        return grad.reshape(ctx.shape), None, None, None, None, None, None, None, None
+        return grad.reshape(ctx.shape), None, None, None, None, None, None, None, None, None
 
 
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
@@ -104,10 +104,10 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
     """Fused loss ``name`` (a key of ``fused_anl.LOSSES``) on logits ``(N, K, ...)``."""
     spec = R.LOSSES[name]
     h = R.resolve_hyper(spec, hyper)
-    check_inputs(name, logits, target, weight, reduction, ignore_index)
+    dims = check_inputs(name, logits, target, weight, reduction, ignore_index)
     b = resolve_backend(backend, logits.device)
     return _FusedLoss.apply(logits, target, weight, spec, h, reduction, ignore_index,
-                            not detach_focal_weight, b)
+                            not detach_focal_weight, b, dims)
 
 
 def _make(name):

@@ -36,8 +36,10 @@ def _active(kind, l, p, present, y_onehot, h, detach):
     if kind == R.A_NCE:
         return l_y / l.where(present, 0).sum(1)
     if kind == R.A_NFL:
-        wl = _focal_weight(p, h["gamma"], detach) * l
-        return wl.where(y_onehot, 0).sum(1) / wl.where(present, 0).sum(1)
+        # mask l before the product: w * (-inf) at an absent class would give 0 * inf = NaN
+        # in the exact (undetached) gradient
+        wl = _focal_weight(p, h["gamma"], detach) * l.where(present, 0)
+        return wl.where(y_onehot, 0).sum(1) / wl.sum(1)
     raise AssertionError(kind)
 
 

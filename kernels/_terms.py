@@ -8,7 +8,7 @@ Every loss is ``alpha * ACTIVE + beta * PASSIVE`` and is computed in three steps
 2. stats2 over the row, once lse is known, for the terms that need it
    (NFL, NNCE, NNFL, RCE): per-element values ``a1, ea, b1, eb`` summed to
    ``A1, EA, B1, EB`` (see ``elementwise``).
-3. the gradient ``dL/dz_j = c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` with
+3. the gradient ``dL/dz_j = c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)`` with
    row scalars from ``epilogue``. ``ea``/``eb`` are the active/passive terms'
    elementwise masks or weights, the same values that stats2 summed.
 
@@ -24,9 +24,12 @@ Derivation (one term at a time; ``dl_k/dz_j = [k == j] - p_j``, ``dp_y/dz_j = p_
 - NNFL ``1 - (A' - FL_y) / (c A' - sum FL)``, ``FL = -w(lc) lc``, ``lc = max(l, log p_min)``:
   with ``N = A' - FL_y``, ``D = c A' - sum FL``, ``e = m u``, ``E = sum e``:
   c1 = -m_y u_y / D, c2 = m_y u_y / D - N E / D^2, c3 = N / D^2.
-  (Absent classes have FL = A' and cancel from ``K A' - sum FL``; we use the present count c.)
+  D is summed as ``sum_k (A' - FL_k)`` over present classes: every term is >= 0, so
+  no cancellation (``K A' - sum FL`` loses ~eps K A' in float32 when many classes are
+  clamped); absent classes have FL = A' and contribute 0 either way.
 - RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``: with ``e = p [k != y][p >= 1e-7]``,
-  ``Q = sum e``: c2 = -A4 Q, c3 = A4.
+  ``Q = sum e``: c2 = -A4 Q, c3 = A4. The gradient of a class in Q is A4 p_j (1 - Q);
+  when Q is near 1 we take Q = 1 - sum of the other p's, which float32 resolves.
 - MAE, GCE, AGCE, AUL, AEL depend on p_y alone: ``L = f(p_y)`` gives
   c1 = f'(p_y) p_y, c2 = -c1 (GCE's clamp zeroes both where p_y < 1e-7).
 """
@@ -118,21 +121,25 @@ def merge_stats1(m1, s1, d1, c1, m2, s2, d2, c2):
 
 
 @triton.jit
-def elementwise(z, cols, y, lse, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr):
-    """Per-element (a1, ea, b1, eb, p): what stats2 sums and what the gradient weights.
+    """Per-element (a1, ea, b1, eb, bc, p): what stats2 sums, what the gradient weights.
 
     a1: NFL's w*l.  ea: the active term's e (present for NCE, u for NFL).
-    b1: NNCE's v, NNFL's FL, RCE's max(p, 1e-7).  eb: the passive term's e.
+    b1: NNCE's v, NNFL's A' - FL, RCE's max(p, 1e-7).  eb: the passive term's e.
+    bc: RCE's complement of eb (p where eb is 0), so that 1 - Q = sum(bc) is exact.
     """
     present = z > NEG_INF
-    l = z - lse
+    # (z - m) - log s, not z - lse: exact for the max entry, and no absolute error
+    # of eps * |lse| for exp() to amplify (it matters for logits of large magnitude).
+    l = (z - m) - log_s
     p = tl.where(present, tl.exp(l), 0.0)
     zero = tl.zeros_like(z)
     a1 = zero
     ea = zero
     b1 = zero
     eb = zero
+    bc = zero
     if ACTIVE == A_NCE:
         ea = tl.where(present, 1.0, 0.0).to(z.dtype)
     if ACTIVE == A_NFL:
@@ -150,23 +157,26 @@ def elementwise(z, cols, y, lse, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.conste
         lc = tl.maximum(l, log_pmin)
         pc = tl.exp(lc)
         w = _pow(1.0 - pc, gamma)
-        b1 = tl.where(present, -w * lc, 0.0)
+        # A' - FL_k >= 0, exactly 0 where clamped (computing it there would leave a
+        # rounding residue of ~eps A' per clamped class).
+        b1 = tl.where(l >= log_pmin, tl.load(h_ptr + H_A_NNFL) + w * lc, 0.0)
         eb = tl.where(l >= log_pmin, _focal_u(l, p, w, gamma, EXACT), 0.0)
     if PASSIVE == P_RCE:
         floor = tl.load(h_ptr + H_P_FLOOR)
         other = present & (cols != y)
         b1 = tl.where(other, tl.maximum(p, floor), 0.0)
-        eb = tl.where(other & (p >= floor), p, 0.0)
-    return a1, ea, b1, eb, p
+        in_q = other & (p >= floor)
+        eb = tl.where(in_q, p, 0.0)
+        bc = tl.where(in_q, 0.0, p)
+    return a1, ea, b1, eb, bc, p
 
 
 @triton.jit
-def epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr, ACTIVE: tl.constexpr,
+def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
              PASSIVE: tl.constexpr, EXACT: tl.constexpr):
-    """Per-row loss and gradient coefficients (L, c1, c2, c3a, c3b) from the row sums."""
+    """Per-row loss, gradient coefficients (c1, c2a, c2b, c3a, c3b) and log s from the row sums."""
     log_s = tl.log(s)
-    lse = m + log_s
-    ly = zy - lse
+    ly = (zy - m) - log_s
     py = tl.exp(ly)
     alpha = tl.load(h_ptr + H_ALPHA)
     beta = tl.load(h_ptr + H_BETA)
@@ -221,7 +231,7 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr, ACTIVE: tl.constexpr,
         wy = _pow(1.0 - tl.exp(lcy), gamma)
         uy = tl.where(ly >= log_pmin, _focal_u(ly, py, wy, gamma, EXACT), 0.0)
         num = a_nnfl + wy * lcy
-        den = c * a_nnfl - B1
+        den = B1
         Lb = 1.0 - num / den
         k1b = -uy / den
         k2b = uy / den - num * EB / (den * den)
@@ -233,7 +243,8 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr, ACTIVE: tl.constexpr,
     if PASSIVE == P_RCE:
         rce_a = tl.load(h_ptr + H_RCE_A)
         Lb = rce_a * B1
-        k2b = -rce_a * EB
+        # Q near 1 (a confident wrong class) is 1 - BC: no cancellation in 1 - Q.
+        k2b = -rce_a * tl.where(EB > 0.5, 1.0 - BC, EB)
         k3b = zero + rce_a
     if PASSIVE == P_GCE:
         q = tl.load(h_ptr + H_Q)
@@ -261,5 +272,4 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr, ACTIVE: tl.constexpr,
         k2b = -k1b
     L = alpha * La + beta * Lb
     c1 = alpha * k1a + beta * k1b
-    c2 = alpha * k2a + beta * k2b
-    return L, c1, c2, alpha * k3a, beta * k3b, lse
+    return L, c1, alpha * k2a, beta * k2b, alpha * k3a, beta * k3b, log_s

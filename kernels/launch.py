@@ -108,7 +108,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
         z3, part1, k, d, s_n, s_k, s_d, chunk, BLOCK_K=cfg.block_k, DT=dt, num_warps=warps)
     part2 = part1
     if needs_stats2(active, passive):
-        part2 = torch.empty_like(part1)
+        part2 = torch.empty((rows, p, 5), dtype=cdtype, device=z3.device)
         split_stats2_kernel[(rows, p)](
             z3, target, hyper, part1, part2, k, d, s_n, s_k, s_d, chunk,
             BLOCK_K=cfg.block_k, P_BLOCK=p_block, num_warps=warps, **common)

@@ -65,40 +65,46 @@ def _chunk_stats1(z_ptr, base, s_k, K, lo, hi, BLOCK_K: tl.constexpr, DT: tl.con
 
 
 @triton.jit
-def _chunk_stats2(z_ptr, base, s_k, K, lo, hi, y, lse, h_ptr, ACTIVE: tl.constexpr,
+def _chunk_stats2(z_ptr, base, s_k, K, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
                   PASSIVE: tl.constexpr, EXACT: tl.constexpr, BLOCK_K: tl.constexpr,
                   DT: tl.constexpr):
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
     B1 = tl.zeros((), DT)
     EB = tl.zeros((), DT)
+    BC = tl.zeros((), DT)
     for start in range(lo, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
         z = load_row(z_ptr, base, cols, s_k, hi, DT)
-        a1, ea, b1, eb, p = elementwise(z, cols, y, lse, h_ptr, ACTIVE, PASSIVE, EXACT)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
         A1 += tl.sum(a1, 0)
         EA += tl.sum(ea, 0)
         B1 += tl.sum(b1, 0)
         EB += tl.sum(eb, 0)
-    return A1, EA, B1, EB
+        BC += tl.sum(bc, 0)
+    return A1, EA, B1, EB, BC
 
 
 @triton.jit
-def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2, c3a, c3b):
-    """scale * (c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j); exactly 0 on ignored rows."""
-    g = tl.where(cols == y, c1, 0.0) + c2 * p + c3a * ea + c3b * eb
+def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b):
+    """scale * (c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j); exactly 0 on ignored rows.
+
+    c2 = c2a + c2b is applied per term, so that a term whose p- and e-parts nearly
+    cancel (RCE on a confident wrong class) does so before the other term is added.
+    """
+    g = tl.where(cols == y, c1, 0.0) + (c2a * p + c3a * ea) + (c2b * p + c3b * eb)
     return tl.where(valid, g * scale, 0.0)
 
 
 @triton.jit
-def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, hi, y, lse, valid, scale,
-                c1, c2, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, hi, y, m, log_s, valid, scale,
+                c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
     for start in range(lo, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
         z = load_row(z_ptr, base, cols, s_k, hi, DT)
-        a1, ea, b1, eb, p = elementwise(z, cols, y, lse, h_ptr, ACTIVE, PASSIVE, EXACT)
-        g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2, c3a, c3b)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
+        g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b)
         tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
                  g.to(g_ptr.dtype.element_ty), mask=cols < hi)
 
@@ -119,30 +125,31 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         cols = tl.arange(0, BLOCK_K)
         z = load_row(z_ptr, base, cols, s_k, K, DT)
         m, s, d, c = stats1_block(z)
-        lse = m + tl.log(s)
-        a1, ea, b1, eb, p = elementwise(z, cols, y, lse, h_ptr, ACTIVE, PASSIVE, EXACT)
-        L, c1, c2, c3a, c3b, lse = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
-                                            tl.sum(b1, 0), tl.sum(eb, 0), zy, h_ptr,
+        log_s = tl.log(s)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
+        L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
+                                            tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2, c3a, c3b)
+            g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b)
             tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
                      g.to(g_ptr.dtype.element_ty), mask=cols < K)
     else:
         m, s, d, c = _chunk_stats1(z_ptr, base, s_k, K, 0, K, BLOCK_K, DT)
-        lse = m + tl.log(s)
+        log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
         B1 = tl.zeros((), DT)
         EB = tl.zeros((), DT)
+        BC = tl.zeros((), DT)
         if needs_stats2(ACTIVE, PASSIVE):
-            A1, EA, B1, EB = _chunk_stats2(z_ptr, base, s_k, K, 0, K, y, lse, h_ptr,
-                                           ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
-        L, c1, c2, c3a, c3b, lse = epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr,
+            A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, K, 0, K, y, m, log_s, h_ptr,
+                                               ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+        L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, 0, K, y, lse, valid, scale,
-                        c1, c2, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, 0, K, y, m, log_s, valid, scale,
+                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
     tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
 
 
@@ -194,15 +201,16 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
     base = n * s_n + (row - n * D) * s_d
     y = tl.load(t_ptr + row).to(tl.int64)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, P, P_BLOCK)
-    lse = m + tl.log(s)
+    log_s = tl.log(s)
     lo = pid * CHUNK
-    A1, EA, B1, EB = _chunk_stats2(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), y, lse, h_ptr,
-                                   ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
-    ptr = part2_ptr + (row * P + pid) * 4
+    A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), y, m,
+                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+    ptr = part2_ptr + (row * P + pid) * 5
     tl.store(ptr, A1)
     tl.store(ptr + 1, EA)
     tl.store(ptr + 2, B1)
     tl.store(ptr + 3, EB)
+    tl.store(ptr + 4, BC)
 
 
 @triton.jit
@@ -222,14 +230,16 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, part1_ptr, part2_pt
     EA = tl.zeros((), DT)
     B1 = tl.zeros((), DT)
     EB = tl.zeros((), DT)
+    BC = tl.zeros((), DT)
     if needs_stats2(ACTIVE, PASSIVE):
         i = tl.arange(0, P_BLOCK)
-        ptr = part2_ptr + (row * P + i) * 4
+        ptr = part2_ptr + (row * P + i) * 5
         A1 = tl.sum(tl.load(ptr, mask=i < P, other=0.0), 0)
         EA = tl.sum(tl.load(ptr + 1, mask=i < P, other=0.0), 0)
         B1 = tl.sum(tl.load(ptr + 2, mask=i < P, other=0.0), 0)
         EB = tl.sum(tl.load(ptr + 3, mask=i < P, other=0.0), 0)
-    L, c1, c2, c3a, c3b, lse = epilogue(m, s, d, c, A1, EA, B1, EB, zy, h_ptr,
+        BC = tl.sum(tl.load(ptr + 4, mask=i < P, other=0.0), 0)
+    L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                         ACTIVE, PASSIVE, EXACT)
     if pid == 0:
         tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
@@ -237,5 +247,5 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, part1_ptr, part2_pt
         n = row // D
         gbase = n * g_n + (row - n * D) * g_d
         lo = pid * CHUNK
-        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, tl.minimum(lo + CHUNK, K), y, lse, valid,
-                    scale, c1, c2, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, tl.minimum(lo + CHUNK, K), y, m, log_s, valid,
+                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)

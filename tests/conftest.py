@@ -1,0 +1,42 @@
+"""Test set-up: run the Triton kernels under the interpreter when there is no GPU.
+
+TRITON_INTERPRET must be set before the kernels are imported (Triton reads it when
+the @triton.jit functions are defined), hence here, before anything imports
+fused_anl. On a CUDA machine the kernels are compiled and run on the GPU.
+"""
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the source tree
+
+import pytest  # noqa: E402
+
+import fused_anl  # noqa: E402
+from fused_anl.kernels import launch  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+# Launch policies that force each kernel path on small inputs. Block sizes are tiny
+# so that K = 37 spans several blocks (streaming) and several chunks (split rows).
+PATHS = {
+    "single": dict(),
+    "stream": dict(max_single_k=16, block_k=8),
+    "split": dict(max_single_k=16, block_k=8, split_chunk=16, split_max_rows=1 << 30),
+}
+
+
+@pytest.fixture(params=list(PATHS))
+def kernel_path(request):
+    with launch.config(**PATHS[request.param]):
+        yield request.param
+
+
+@pytest.fixture
+def device():
+    return DEVICE

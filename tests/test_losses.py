@@ -1,0 +1,194 @@
+"""Every loss, every backend and kernel path, against the float64 reference."""
+import pytest
+import torch
+
+import fused_anl
+from fused_anl import _torch_backend
+from fused_anl.kernels import launch
+
+from conftest import DEVICE, PATHS
+from helpers import assert_close_to_reference, edge_case_batch, loss_and_grad
+
+ALL = sorted(fused_anl.LOSSES)
+FOCAL = [n for n in ALL if fused_anl.LOSSES[n].focal]
+CORE = ["anl_ce", "nce", "nnce"]
+
+
+IMPLS = [f"triton-{p}" for p in PATHS] + ["torch"]
+
+
+def _fused(name, z, t, backend, **kw):
+    """backend: "triton", "torch", or "triton-<path>" to force a kernel path."""
+    if backend.startswith("triton-"):
+        with launch.config(**PATHS[backend.split("-", 1)[1]]):
+            return loss_and_grad(getattr(fused_anl, name), z, t, backend="triton", **kw)
+    return loss_and_grad(getattr(fused_anl, name), z, t, backend=backend, **kw)
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_triton_every_path_matches_reference(name, dtype, kernel_path):
+    z, t = edge_case_batch(8, 37, dtype=dtype, device=DEVICE, seed=1)
+    v, g = _fused(name, z, t, "triton", reduction="none")
+    assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none")
+
+
+@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_torch_backend_matches_reference(name, dtype, monkeypatch):
+    monkeypatch.setattr(_torch_backend, "CHUNK_ELEMENTS", 3 * 37)  # several row chunks
+    z, t = edge_case_batch(8, 37, dtype=dtype, device=DEVICE, seed=2)
+    v, g = _fused(name, z, t, "torch", reduction="none")
+    assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none")
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("k", [2, 3, 10, 1000, 5000, 4099])
+@pytest.mark.parametrize("scale", [0.1, 3.0, 30.0])
+def test_core_losses_over_k_and_scale(backend, k, scale):
+    z, t = edge_case_batch(6, k, scale=scale, device=DEVICE, seed=k)
+    for name in CORE:
+        v, g = _fused(name, z, t, backend)
+        assert_close_to_reference(name, z, t, value=v, grad=g)
+
+
+@pytest.mark.parametrize("k", [1000, 5000])
+def test_large_k_streaming_and_split_paths(k):
+    z, t = edge_case_batch(4, k, scale=3.0, device=DEVICE, seed=3)
+    for cfg in (dict(max_single_k=512, block_k=256),
+                dict(max_single_k=512, block_k=256, split_chunk=1024, split_max_rows=64)):
+        with launch.config(**cfg):
+            for name in ("anl_ce", "anl_fl", "nce_rce"):
+                v, g = _fused(name, z, t, "triton")
+                assert_close_to_reference(name, z, t, value=v, grad=g)
+
+
+@pytest.mark.parametrize("backend", IMPLS)
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("name", ["anl_ce", "anl_fl", "nce_rce", "ce", "gce"])
+def test_low_precision_logits(backend, dtype, name):
+    z, t = edge_case_batch(8, 37, scale=3.0, dtype=dtype, device=DEVICE, seed=4)
+    v, g = _fused(name, z, t, backend)
+    assert_close_to_reference(name, z, t, value=v, grad=g)
+
+
+@pytest.mark.parametrize("name", FOCAL)
+@pytest.mark.parametrize("backend", IMPLS)
+def test_exact_focal_gradient(name, backend):
+    z, t = edge_case_batch(8, 37, dtype=torch.float64, device=DEVICE, seed=5)
+    v, g = _fused(name, z, t, backend, detach_focal_weight=False)
+    assert_close_to_reference(name, z, t, value=v, grad=g, detach_focal_weight=False)
+    _, g_detached = _fused(name, z, t, backend)
+    assert not torch.allclose(g, g_detached), "exact and detached focal gradients must differ"
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+@pytest.mark.parametrize("name", ["anl_ce", "anl_fl", "sce"])
+def test_reductions_weights_and_grad_output(backend, reduction, name):
+    z, t = edge_case_batch(8, 11, device=DEVICE, seed=6, dtype=torch.float64)
+    w = torch.rand(11, dtype=torch.float64, device=DEVICE) + 0.5
+    zf = z.clone().requires_grad_(True)
+    zr = z.clone().requires_grad_(True)
+    out = getattr(fused_anl, name)(zf, t, reduction=reduction, weight=w, backend=backend)
+    ref = getattr(fused_anl.reference, name)(zr, t, reduction=reduction, weight=w)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-12)
+    go = torch.randn_like(ref)  # a non-uniform grad_output for "none", any scalar otherwise
+    out.backward(go)
+    ref.backward(go)
+    torch.testing.assert_close(zf.grad, zr.grad, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("shape", [(3, 7, 5), (2, 7, 3, 4)])
+@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32])
+def test_nd_inputs_and_int32_targets(backend, shape, target_dtype):
+    g = torch.Generator().manual_seed(7)
+    z = (torch.randn(shape, generator=g, dtype=torch.float64) * 3).to(DEVICE)
+    tshape = (shape[0],) + shape[2:]
+    t = torch.randint(0, shape[1], tshape, generator=g).to(DEVICE)
+    t.view(-1)[1] = -100
+    for reduction in ("none", "mean"):
+        v, gr = _fused("anl_ce", z, t.to(target_dtype), backend, reduction=reduction)
+        assert_close_to_reference("anl_ce", z, t, value=v, grad=gr, reduction=reduction)
+    assert v.shape == () and gr.shape == z.shape
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_non_contiguous_logits_are_read_in_place_and_untouched(backend):
+    base, t = edge_case_batch(8, 40, device=DEVICE, seed=8, dtype=torch.float64)
+    z = base.t().contiguous().t()[:, ::2]  # column-major, every other class: strides (1, 16)
+    assert not z.is_contiguous()
+    t = t.clamp(max=19)
+    t[2], t[3] = 0, -100  # row 2 is padded: keep its label on a present class
+    before = z.clone()
+    v, g = _fused("anl_fl", z, t, backend)
+    assert_close_to_reference("anl_fl", z, t, value=v, grad=g)
+    assert torch.equal(z, before), "the caller's logits must not change"
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_all_rows_ignored(backend, reduction):
+    z = torch.randn(4, 9, device=DEVICE, requires_grad=True)
+    t = torch.full((4,), -100, device=DEVICE)
+    out = fused_anl.anl_ce(z, t, reduction=reduction, backend=backend)
+    assert torch.all(out == 0) and not torch.isnan(out).any()
+    out.sum().backward()
+    assert torch.all(z.grad == 0)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_custom_ignore_index_and_empty_batch(backend):
+    z, t = edge_case_batch(6, 9, device=DEVICE, seed=9, ignore_index=4, dtype=torch.float64)
+    t[t == -100] = 4
+    v, g = _fused("nce_rce", z, t, backend, ignore_index=4)
+    assert_close_to_reference("nce_rce", z, t, value=v, grad=g, ignore_index=4)
+    empty = fused_anl.anl_ce(torch.zeros(0, 5, device=DEVICE), torch.zeros(0, dtype=torch.long,
+                             device=DEVICE), backend=backend)
+    assert empty.item() == 0.0
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_backward_twice_raises_and_forward_only_skips_grad(backend):
+    z = torch.randn(4, 9, device=DEVICE, requires_grad=True)
+    t = torch.randint(0, 9, (4,), device=DEVICE)
+    out = fused_anl.anl_ce(z, t, backend=backend)
+    out.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="twice"):
+        out.backward()
+    with torch.no_grad():
+        v = fused_anl.anl_ce(z, t, backend=backend)
+    torch.testing.assert_close(v, out.detach())
+
+
+def test_backends_agree_with_each_other():
+    z, t = edge_case_batch(8, 37, device=DEVICE, seed=10)
+    for name in ALL:
+        a = _fused(name, z, t, "triton", reduction="none")
+        b = _fused(name, z, t, "torch", reduction="none")
+        torch.testing.assert_close(a[0], b[0], rtol=2e-5, atol=2e-5)
+        torch.testing.assert_close(a[1], b[1], rtol=2e-5, atol=2e-6)
+
+
+def test_nnce_range_and_uniform_values():
+    k = 10
+    z = torch.zeros(3, k, device=DEVICE)
+    t = torch.tensor([0, 4, 9], device=DEVICE)
+    for backend in ("triton", "torch"):
+        torch.testing.assert_close(fused_anl.nce(z, t, backend=backend), torch.tensor(1 / k, device=DEVICE))
+        torch.testing.assert_close(fused_anl.nnce(z, t, backend=backend), torch.tensor(1 - 1 / k, device=DEVICE))
+
+
+def test_nnce_zero_gradient_below_p_min():
+    z = torch.zeros(2, 6, device=DEVICE, dtype=torch.float64)
+    z[0, 1] = 40.0  # row 0: p_0 = e^-40 < 1e-7
+    z[1, 1] = 3.0  # row 1: every p_k above p_min
+    t = torch.tensor([0, 1], device=DEVICE)
+    for backend in ("triton", "torch"):
+        zz = z.clone().requires_grad_(True)
+        fused_anl.nnce(zz, t, reduction="none", backend=backend)[0].backward()
+        assert torch.all(zz.grad == 0)
+        zz.grad = None
+        fused_anl.nnce(zz, t, reduction="none", backend=backend)[1].backward()
+        assert zz.grad[1].abs().sum() > 0  # p_y above p_min: the gradient flows
