@@ -8,8 +8,10 @@ without a host synchronisation.
 """
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
+import threading
 
 import torch
 
@@ -47,6 +49,26 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     return backend
 
 
+_state = threading.local()
+
+
+@contextlib.contextmanager
+def repeatable_backward(enabled: bool = True):
+    """Let backward run more than once per loss call (``retain_graph=True``, gradcheck,
+    jacobians) for the calls made inside this context.
+
+    By default backward scales the gradient computed in forward *in place*, which
+    saves an ``N x K`` buffer but allows one backward per call (a second one raises).
+    Inside this context backward writes a new tensor instead.
+    """
+    old = getattr(_state, "repeatable", False)
+    _state.repeatable = enabled
+    try:
+        yield
+    finally:
+        _state.repeatable = old
+
+
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits, target, weight, spec, h, reduction, ignore_index, exact, backend, dims):
@@ -80,6 +102,7 @@ class _FusedLoss(torch.autograd.Function):
         ctx.reduction = reduction
         ctx.shape = logits.shape
         ctx.consumed = False
+        ctx.repeatable = getattr(_state, "repeatable", False)
         if compute_grad:
             ctx.save_for_backward(grad)
         return out
@@ -88,14 +111,16 @@ class _FusedLoss(torch.autograd.Function):
     def backward(ctx, grad_out):
         if ctx.consumed:
             raise RuntimeError(
-                "fused_anl: backward through the same fused loss call twice is not supported "
-                "(its stored gradient is scaled in place); call the loss again instead")
-        ctx.consumed = True
+                "fused_anl: backward ran twice through the same loss call, but its stored "
+                "gradient was scaled in place by the first one. Make the call inside "
+                "`with fused_anl.repeatable_backward():` to allow repeated backward passes.")
         (grad,) = ctx.saved_tensors
-        if ctx.reduction == "none":
-            grad.mul_(grad_out.reshape(grad.shape[0], 1, -1))
+        go = grad_out.reshape(grad.shape[0], 1, -1) if ctx.reduction == "none" else grad_out
+        if ctx.repeatable:
+            grad = grad * go
         else:
-            grad.mul_(grad_out)
+            ctx.consumed = True
+            grad.mul_(go)
         return grad.reshape(ctx.shape), None, None, None, None, None, None, None, None, None
 
 
@@ -132,4 +157,4 @@ def _make(name):
 for _name in R.LOSSES:
     globals()[_name] = _make(_name)
 
-__all__ = list(R.LOSSES) + ["loss_by_name"]
+__all__ = list(R.LOSSES) + ["loss_by_name", "repeatable_backward"]

@@ -155,8 +155,14 @@ def test_backward_twice_raises_and_forward_only_skips_grad(backend):
     t = torch.randint(0, 9, (4,), device=DEVICE)
     out = fused_anl.anl_ce(z, t, backend=backend)
     out.backward(retain_graph=True)
-    with pytest.raises(RuntimeError, match="twice"):
+    with pytest.raises(RuntimeError, match="repeatable_backward"):
         out.backward()
+    z.grad = None
+    with fused_anl.repeatable_backward():
+        out2 = fused_anl.anl_ce(z, t, backend=backend)
+    (g1,) = torch.autograd.grad(out2, z, retain_graph=True)
+    (g2,) = torch.autograd.grad(out2, z, grad_outputs=torch.tensor(2.0, device=DEVICE))
+    torch.testing.assert_close(g2, 2 * g1)
     with torch.no_grad():
         v = fused_anl.anl_ce(z, t, backend=backend)
     torch.testing.assert_close(v, out.detach())
