@@ -121,12 +121,19 @@ def _epilogue(m, log_s, c, S, A1, EA, B1, EB, BC, zy, h, active, passive, exact)
 
 
 def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_index,
-             compute_grad, grad_dtype=None):
-    """Same contract as kernels.launch.row_loss (hv: dict of double constants)."""
+             compute_grad, grad_dtype=None, out=None):
+    """Same contract as kernels.launch.row_loss (hv: dict of double constants).
+
+    ``out`` may be ``z3`` itself: each chunk is read completely before its gradient
+    is written back.
+    """
     n, k, d = z3.shape
     cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
     loss = torch.empty(n * d, dtype=cdt, device=z3.device)
-    grad = torch.empty((n, k, d), dtype=grad_dtype or z3.dtype, device=z3.device) if compute_grad else None
+    grad = None
+    if compute_grad:
+        grad = out if out is not None else torch.empty((n, k, d), dtype=grad_dtype or z3.dtype,
+                                                       device=z3.device)
     step = max(1, CHUNK_ELEMENTS // max(1, k * d))
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)

@@ -1,10 +1,11 @@
 """Fused functional API: ``fused_anl.<loss>(logits, target, *, ..., backend="auto")``.
 
-One autograd Function serves every loss. Forward runs the chosen backend, which
-computes the per-row loss and, when the logits require grad, the gradient of the
+One autograd Function serves every loss. Forward runs the chosen backend through
+the ``fused_anl::row_loss`` custom op (so ``torch.compile`` sees a single opaque op),
+computing the per-row loss and, when the logits require grad, the gradient of the
 reduced loss in the same pass; backward only multiplies that gradient by
 ``grad_output`` (a scalar, or per-sample for ``reduction="none"``), in place and
-without a host synchronisation.
+without a host synchronisation (out of place under ``torch.compile``).
 """
 from __future__ import annotations
 
@@ -15,9 +16,8 @@ import threading
 
 import torch
 
-from . import _hyper
+from . import _hyper, _ops
 from . import _registry as R
-from . import _torch_backend
 from ._checks import check_inputs
 
 BACKENDS = ("auto", "triton", "torch")
@@ -69,70 +69,122 @@ def repeatable_backward(enabled: bool = True):
         _state.repeatable = old
 
 
+def mean_denominator(t, weight, ignore_index, k, dtype):
+    """Sum of the weights of non-ignored samples (1 each without class weights), as a
+    1-element tensor, 1 where it is 0 (all ignored: the loss is then 0, not NaN)."""
+    keep = t != ignore_index
+    if weight is None:
+        w = keep.to(dtype)
+    else:
+        w = torch.where(keep, weight.to(dtype)[t.long().clamp(0, k - 1)],
+                        torch.zeros((), dtype=dtype, device=t.device))
+    den = w.sum()
+    return torch.where(den != 0, den, torch.ones_like(den)).reshape(1)
+
+
+def _forward(ctx, logits, target, weight, op, reduction, dims, inplace):
+    """Shared forward: run the row loss (gradient included when needed) and reduce."""
+    hyper, active, passive, exact, ignore_index, backend = op
+    n, k, d = dims
+    z3 = logits.reshape(n, k, d)  # a view whenever the trailing dims can be flattened
+    t = target.reshape(-1)
+    compute_grad = ctx.needs_input_grad[0]
+    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    den = mean_denominator(t, weight, ignore_index, k, cdt) if reduction == "mean" else None
+    if inplace and compute_grad:
+        if z3.data_ptr() != logits.data_ptr() or z3.numel() != logits.numel():
+            raise ValueError("inplace_backward=True needs logits whose class dims can be viewed "
+                             "as (N, K, D) without a copy")
+        loss_rows, grad = _ops.run_row_loss(z3, t, weight, hyper, den, active, passive, exact,
+                                            ignore_index, True, backend, out=z3)
+    else:
+        loss_rows, grad = torch.ops.fused_anl.row_loss(z3, t, weight, hyper, den, active, passive,
+                                                       exact, ignore_index, compute_grad, backend)
+    if reduction == "none":
+        out = loss_rows.reshape(target.shape)
+    elif reduction == "sum":
+        out = loss_rows.sum()
+    else:
+        out = loss_rows.sum() / den[0]
+    ctx.reduction, ctx.shape = reduction, logits.shape
+    ctx.consumed = False
+    ctx.repeatable = getattr(_state, "repeatable", False) or _compiling()
+    return out, grad
+
+
+def _backward(ctx, grad_out):
+    """Scale the stored gradient by grad_output (scalar, or per sample for "none")."""
+    if ctx.consumed:
+        raise RuntimeError(
+            "fused_anl: backward ran twice through the same loss call, but its stored "
+            "gradient was scaled in place by the first one. Make the call inside "
+            "`with fused_anl.repeatable_backward():` to allow repeated backward passes.")
+    (grad,) = ctx.saved_tensors
+    grad = grad.reshape(ctx.shape[0], ctx.shape[1], -1)
+    go = grad_out.reshape(grad.shape[0], 1, -1) if ctx.reduction == "none" else grad_out
+    if ctx.repeatable:
+        return (grad * go).reshape(ctx.shape)
+    ctx.consumed = True
+    return grad.mul_(go).reshape(ctx.shape)
+
+
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, weight, spec, h, reduction, ignore_index, exact, backend, dims):
-        n, k, d = dims
-        z3 = logits.reshape(n, k, d)  # a view whenever the trailing dims can be flattened
-        t = target.reshape(-1)
-        compute_grad = ctx.needs_input_grad[0]
-        cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-        den = None
-        keep = (t != ignore_index)
-        if reduction == "mean":
-            wsum = keep.to(cdt) if weight is None else torch.where(
-                keep, weight.to(cdt)[t.long().clamp(0, k - 1)], torch.zeros((), dtype=cdt, device=t.device))
-            den = wsum.sum()
-            den = torch.where(den != 0, den, torch.ones_like(den)).reshape(1)
-        kw = dict(active=spec.active, passive=spec.passive, exact=exact, ignore_index=ignore_index,
-                  compute_grad=compute_grad)
-        if backend == "triton":
-            from .kernels import launch
-            hv = _hyper.hyper_tensor(h, spec.passive, logits.device, cdt)
-            loss_rows, grad = launch.row_loss(z3, t, weight, hv, den, **kw)
-        else:
-            hv = _hyper.constants_dict(h, spec.passive)
-            loss_rows, grad = _torch_backend.row_loss(z3, t, weight, hv, den, **kw)
-        if reduction == "none":
-            out = loss_rows.reshape(target.shape)
-        elif reduction == "sum":
-            out = loss_rows.sum()
-        else:
-            out = loss_rows.sum() / den[0]
-        ctx.reduction = reduction
-        ctx.shape = logits.shape
-        ctx.consumed = False
-        ctx.repeatable = getattr(_state, "repeatable", False)
-        if compute_grad:
+    def forward(ctx, logits, target, weight, op, reduction, dims):
+        out, grad = _forward(ctx, logits, target, weight, op, reduction, dims, False)
+        if ctx.needs_input_grad[0]:
             ctx.save_for_backward(grad)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        if ctx.consumed:
-            raise RuntimeError(
-                "fused_anl: backward ran twice through the same loss call, but its stored "
-                "gradient was scaled in place by the first one. Make the call inside "
-                "`with fused_anl.repeatable_backward():` to allow repeated backward passes.")
-        (grad,) = ctx.saved_tensors
-        go = grad_out.reshape(grad.shape[0], 1, -1) if ctx.reduction == "none" else grad_out
-        if ctx.repeatable:
-            grad = grad * go
-        else:
-            ctx.consumed = True
-            grad.mul_(go)
-        return grad.reshape(ctx.shape), None, None, None, None, None, None, None, None, None
+        return _backward(ctx, grad_out), None, None, None, None, None
+
+
+class _FusedLossInplace(torch.autograd.Function):
+    """The gradient is written into the logits' storage (marked dirty: autograd then
+    refuses any later use of the overwritten values)."""
+
+    @staticmethod
+    def forward(ctx, logits, target, weight, op, reduction, dims):
+        out, _ = _forward(ctx, logits, target, weight, op, reduction, dims, True)
+        ctx.mark_dirty(logits)
+        ctx.mark_non_differentiable(logits)
+        ctx.save_for_backward(logits)
+        return out, logits
+
+    @staticmethod
+    def backward(ctx, grad_out, _unused):
+        return _backward(ctx, grad_out), None, None, None, None, None
+
+
+def _compiling() -> bool:
+    try:
+        return torch.compiler.is_compiling()
+    except AttributeError:  # pragma: no cover
+        return False
 
 
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
-                 backend="auto", detach_focal_weight=True, **hyper):
-    """Fused loss ``name`` (a key of ``fused_anl.LOSSES``) on logits ``(N, K, ...)``."""
+                 backend="auto", detach_focal_weight=True, inplace_backward=False, **hyper):
+    """Fused loss ``name`` (a key of ``fused_anl.LOSSES``) on logits ``(N, K, ...)``.
+
+    ``inplace_backward=True`` writes the gradient into the logits' storage instead of
+    a new ``N x K`` buffer (the logits must not be needed afterwards; autograd raises
+    if they are). It is ignored under ``torch.compile`` and when no gradient is needed.
+    """
     spec = R.LOSSES[name]
     h = R.resolve_hyper(spec, hyper)
     dims = check_inputs(name, logits, target, weight, reduction, ignore_index)
     b = resolve_backend(backend, logits.device)
-    return _FusedLoss.apply(logits, target, weight, spec, h, reduction, ignore_index,
-                            not detach_focal_weight, b, dims)
+    op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
+          ignore_index, b)
+    if inplace_backward and logits.requires_grad and torch.is_grad_enabled() and not _compiling():
+        if logits.is_leaf:
+            raise ValueError("inplace_backward=True cannot overwrite a leaf tensor that requires "
+                             "grad; use it on logits produced by the model")
+        return _FusedLossInplace.apply(logits, target, weight, op, reduction, dims)[0]
+    return _FusedLoss.apply(logits, target, weight, op, reduction, dims)
 
 
 def _make(name):
@@ -146,6 +198,7 @@ def _make(name):
     kw = dict(spec.hyper, reduction="mean", ignore_index=-100, weight=None, backend="auto")
     if spec.focal:
         kw["detach_focal_weight"] = True
+    kw["inplace_backward"] = False
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in kw.items()]
     fn.__signature__ = inspect.Signature(params)
     fn.__name__ = fn.__qualname__ = name

@@ -61,14 +61,17 @@ def choose_path(rows: int, k: int, cfg: LaunchConfig | None = None) -> str:
 
 
 def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_index,
-             compute_grad, grad_dtype=None):
+             compute_grad, grad_dtype=None, out=None):
     """Per-row loss (compute dtype, weighted, 0 on ignored rows) and, if asked, the gradient.
 
     z3: (N, K, D) view of the logits (any strides); target: (N*D,) int32/int64;
     weight: (K,) or None; hyper: compute-dtype vector (fused_anl/_hyper.py);
     den: 1-element tensor to divide the gradient by ('mean'), or None.
     The gradient, (N, K, D) contiguous in ``grad_dtype``, is that of
-    ``sum(loss) / den`` (or ``sum(loss)`` when den is None).
+    ``sum(loss) / den`` (or ``sum(loss)`` when den is None). ``out``, an (N, K, D)
+    tensor of any strides, receives it instead; it may be ``z3`` itself (the gradient
+    overwrites the logits: every program reads its row, or block, before writing it,
+    and the split-row path, whose programs read each other's columns, is not used).
     """
     n, k, d = z3.shape
     rows = n * d
@@ -77,7 +80,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     loss = torch.empty(rows, dtype=cdtype, device=z3.device)
     grad = None
     if compute_grad:
-        grad = torch.empty((n, k, d), dtype=grad_dtype or z3.dtype, device=z3.device)
+        grad = out if out is not None else torch.empty((n, k, d), dtype=grad_dtype or z3.dtype,
+                                                       device=z3.device)
     if rows == 0:
         return loss, grad
     g_arg = grad if grad is not None else loss  # never written when compute_grad is False
@@ -88,6 +92,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     common = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=dt)
     cfg = _config
     path = choose_path(rows, k, cfg)
+    if path == "split" and out is not None and out.data_ptr() == z3.data_ptr():
+        path = "stream"
     if path in ("single", "stream"):
         single = path == "single"
         block = triton.next_power_of_2(k) if single else cfg.block_k
