@@ -43,6 +43,9 @@ from .functional import __all__ as _functional_all  # noqa: E402
 from .modules import *  # noqa: E402,F401,F403
 from .modules import __all__ as _modules_all  # noqa: E402
 from .factory import PRESETS, get_loss  # noqa: E402,F401
+from .linear import *  # noqa: E402,F401,F403
+from .linear import __all__ as _linear_all  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = list(_functional_all) + list(_modules_all) + ["PRESETS", "get_loss", "reference", "LOSSES"]
+__all__ = (list(_functional_all) + list(_modules_all) + list(_linear_all)
+           + ["PRESETS", "get_loss", "reference", "LOSSES"])

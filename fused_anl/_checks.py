@@ -22,8 +22,13 @@ def _compiling() -> bool:
         return False
 
 
-def check_inputs(name, logits, target, weight, reduction, ignore_index):
-    """Validate and return ``(N, K, D)``: rows are ``N * D`` samples of ``K`` classes."""
+def check_inputs(name, logits, target, weight, reduction, ignore_index, label_values=True):
+    """Validate and return ``(N, K, D)``: rows are ``N * D`` samples of ``K`` classes.
+
+    ``logits`` may be a stand-in of the right shape, dtype and device (an expanded
+    tensor) when ``label_values`` is False: then only the label range is checked,
+    without reading logits.
+    """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
     if not isinstance(target, torch.Tensor):
@@ -62,7 +67,7 @@ def check_inputs(name, logits, target, weight, reduction, ignore_index):
     for s in logits.shape[2:]:
         d *= s
     if logits.device.type == "cpu" and not _compiling() and target.numel() > 0:
-        _check_labels(name, logits, target, ignore_index, k)
+        _check_labels(name, logits if label_values else None, target, ignore_index, k)
     return n, k, d
 
 
@@ -75,6 +80,8 @@ def _check_labels(name, logits, target, ignore_index, k):
             f"{name}: labels must lie in [0, {k}) or equal ignore_index={ignore_index}; "
             f"found {int(t[bad][0])}"
         )
+    if logits is None:
+        return
     rows = logits.movedim(1, -1).reshape(-1, k)
     zy = rows[keep].gather(1, t[keep].unsqueeze(1))
     if bool(torch.isneginf(zy).any()):

@@ -1,0 +1,258 @@
+"""Fused linear + loss: the loss of ``hidden @ weight.T + bias`` without the N x K logits.
+
+Rows are processed in chunks. For each chunk: its logits (one matmul), the fused
+row-loss kernel, which writes the chunk's logit gradient over its logits, then the
+chunk's share of the gradients of ``hidden`` (``g @ weight``), ``weight``
+(``g.T @ hidden``, accumulated in float32) and ``bias`` (``sum g``, float32). Extra
+memory is O(chunk x K + K x D) whatever N is.
+
+For ``"mean"``/``"sum"`` the gradients are complete after forward and backward only
+scales them by the scalar ``grad_output``. For ``"none"`` the per-sample
+``grad_output`` is unknown in forward, so backward recomputes each chunk's logits.
+Both passes are torch custom ops, so ``torch.compile`` sees two opaque ops.
+"""
+from __future__ import annotations
+
+from typing import List, Optional, Tuple
+
+import torch
+
+from . import _hyper
+from . import _registry as R
+from ._checks import check_inputs
+from ._ops import run_row_loss
+from .functional import mean_denominator, resolve_backend
+
+# Elements (rows x K) of one chunk's logits when chunk_size is not given.
+CHUNK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
+
+
+def choose_chunk(n: int, k: int, device: torch.device, itemsize: int) -> int:
+    budget = CHUNK_ELEMENTS.get(device.type, 1 << 22)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        budget = min(budget, max(1, free // (8 * itemsize)))  # leave room for the matmuls
+    return int(max(1, min(n, budget // max(1, k))))
+
+
+def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
+            ignore_index, backend, chunk, compute_grad, row_scale=None):
+    """Yield (start, stop, chunk inputs, per-row loss, logit gradient or None)."""
+    n = hidden.shape[0]
+    for a in range(0, n, chunk):
+        b = min(n, a + chunk)
+        h = hidden[a:b]
+        logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+        z3 = logits.unsqueeze(-1)
+        loss, g = run_row_loss(z3, target[a:b], loss_weight, hyper, den, active, passive, exact,
+                               ignore_index, compute_grad, backend, out=z3)
+        if g is not None:
+            g = g.squeeze(-1)
+            if row_scale is not None:
+                g.mul_(row_scale[a:b, None].to(g.dtype))
+        yield a, b, h, loss, g
+
+
+def _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
+           ignore_index, backend, chunk, needs, row_scale=None, loss_out=None):
+    gh = torch.empty_like(hidden) if needs[0] else None
+    gw = torch.zeros(weight.shape, dtype=torch.float32 if weight.dtype != torch.float64
+                     else torch.float64, device=weight.device) if needs[1] else None
+    gb = torch.zeros(bias.shape, dtype=gw.dtype if gw is not None else torch.float32,
+                     device=bias.device) if (bias is not None and needs[2]) else None
+    for a, b, h, loss, g in _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active,
+                                    passive, exact, ignore_index, backend, chunk, True, row_scale):
+        if loss_out is not None:
+            loss_out[a:b] = loss
+        if gh is not None:
+            gh[a:b] = g @ weight
+        if gw is not None:
+            gw += g.t() @ h
+        if gb is not None:
+            gb += g.sum(0, dtype=gb.dtype)
+    return gh, gw, gb
+
+
+def _empty(x):
+    return x.new_empty((0,))
+
+
+@torch.library.custom_op("fused_anl::linear_loss_fwd", mutates_args=())
+def linear_loss_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                    target: torch.Tensor, loss_weight: Optional[torch.Tensor], hyper: List[float],
+                    den: Optional[torch.Tensor], active: int, passive: int, exact: bool,
+                    ignore_index: int, backend: str, chunk: int, need_h: bool, need_w: bool,
+                    need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    loss = hidden.new_empty((hidden.shape[0],), dtype=cdt)
+    if need_h or need_w or need_b:
+        gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive,
+                            exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
+                            loss_out=loss)
+    else:
+        gh = gw = gb = None
+        for a, b, _, lr, _ in _chunks(hidden, weight, bias, target, loss_weight, hyper, None, active,
+                                      passive, exact, ignore_index, backend, chunk, False):
+            loss[a:b] = lr
+    return (loss, gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
+            gb if gb is not None else _empty(hidden))
+
+
+@linear_loss_fwd.register_fake
+def _(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact, ignore_index,
+      backend, chunk, need_h, need_w, need_b):
+    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return (hidden.new_empty((hidden.shape[0],), dtype=cdt),
+            hidden.new_empty(hidden.shape) if need_h else _empty(hidden),
+            weight.new_empty(weight.shape, dtype=acc) if need_w else _empty(hidden),
+            weight.new_empty((weight.shape[0],), dtype=acc) if need_b else _empty(hidden))
+
+
+@torch.library.custom_op("fused_anl::linear_loss_bwd_rows", mutates_args=())
+def linear_loss_bwd_rows(grad_rows: torch.Tensor, hidden: torch.Tensor, weight: torch.Tensor,
+                         bias: Optional[torch.Tensor], target: torch.Tensor,
+                         loss_weight: Optional[torch.Tensor], hyper: List[float], active: int,
+                         passive: int, exact: bool, ignore_index: int, backend: str, chunk: int,
+                         need_h: bool, need_w: bool,
+                         need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of reduction="none": recompute each chunk, scale rows by grad_rows."""
+    gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, None, active, passive,
+                        exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
+                        row_scale=grad_rows)
+    return (gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
+            gb if gb is not None else _empty(hidden))
+
+
+@linear_loss_bwd_rows.register_fake
+def _(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active, passive, exact,
+      ignore_index, backend, chunk, need_h, need_w, need_b):
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    return (hidden.new_empty(hidden.shape) if need_h else _empty(hidden),
+            weight.new_empty(weight.shape, dtype=acc) if need_w else _empty(hidden),
+            weight.new_empty((weight.shape[0],), dtype=acc) if need_b else _empty(hidden))
+
+
+class _LinearLoss(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, target, loss_weight, op, reduction, chunk):
+        hyper, active, passive, exact, ignore_index, backend = op
+        need = ctx.needs_input_grad[:3]
+        need = (need[0], need[1], bias is not None and need[2])
+        cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        den = (mean_denominator(target, loss_weight, ignore_index, weight.shape[0], cdt)
+               if reduction == "mean" else None)
+        early = reduction != "none"  # gradients complete in forward, up to a scalar
+        loss, gh, gw, gb = torch.ops.fused_anl.linear_loss_fwd(
+            hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
+            ignore_index, backend, chunk, early and need[0], early and need[1], early and need[2])
+        ctx.reduction, ctx.need, ctx.op, ctx.chunk = reduction, need, op, chunk
+        ctx.dtypes = (hidden.dtype, weight.dtype)
+        if early:
+            ctx.save_for_backward(gh, gw, gb)
+        else:
+            ctx.save_for_backward(hidden, weight, bias, target, loss_weight)
+        if reduction == "none":
+            return loss
+        return loss.sum() if reduction == "sum" else loss.sum() / den[0]
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        need = ctx.need
+        if ctx.reduction != "none":
+            gh, gw, gb = ctx.saved_tensors
+            gh = gh * grad_out.to(gh.dtype) if need[0] else None
+            gw = gw * grad_out if need[1] else None
+            gb = gb * grad_out if need[2] else None
+        else:
+            hidden, weight, bias, target, loss_weight = ctx.saved_tensors
+            hyper, active, passive, exact, ignore_index, backend = ctx.op
+            gh, gw, gb = torch.ops.fused_anl.linear_loss_bwd_rows(
+                grad_out, hidden, weight, bias, target, loss_weight, hyper, active, passive, exact,
+                ignore_index, backend, ctx.chunk, need[0], need[1], need[2])
+            gh, gw, gb = (gh if need[0] else None), (gw if need[1] else None), (gb if need[2] else None)
+        wdt = ctx.dtypes[1]
+        gw = gw.to(wdt) if gw is not None else None
+        gb = gb.to(wdt) if gb is not None else None
+        return gh, gw, gb, None, None, None, None, None
+
+
+def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ignore_index=-100,
+                class_weight=None, chunk_size=None, backend="auto", detach_focal_weight=True,
+                **hyper):
+    """Loss ``name`` of ``hidden @ weight.T + bias`` without materializing the logits.
+
+    hidden ``(N, D)``; weight ``(K, D)`` as ``nn.Linear`` stores it; bias ``(K,)`` or None;
+    target ``(N,)``. ``class_weight``: optional K class weights (``weight=`` of the
+    plain losses). Gradients of hidden/weight/bias come back in their own dtypes,
+    the weight and bias ones accumulated in float32.
+    """
+    if name not in R.LOSSES:
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
+    spec = R.LOSSES[name]
+    h = R.resolve_hyper(spec, hyper)
+    for what, x, dim in (("hidden", hidden, 2), ("weight", weight, 2)):
+        if not isinstance(x, torch.Tensor) or x.dim() != dim or not x.is_floating_point():
+            raise ValueError(f"linear_{name}: {what} must be a floating {dim}-D tensor")
+    if hidden.shape[1] != weight.shape[1]:
+        raise ValueError(f"linear_{name}: hidden has D={hidden.shape[1]} features, weight has "
+                         f"{weight.shape[1]}")
+    if hidden.dtype != weight.dtype:
+        raise TypeError(f"linear_{name}: hidden ({hidden.dtype}) and weight ({weight.dtype}) "
+                        "must share a dtype")
+    if bias is not None and (bias.shape != (weight.shape[0],) or bias.dtype != weight.dtype):
+        raise ValueError(f"linear_{name}: bias must have shape ({weight.shape[0]},) and the "
+                         "weight's dtype")
+    n, k = hidden.shape[0], weight.shape[0]
+    stand_in = hidden.new_empty((1, 1)).expand(n, k)  # shape, dtype, device; no memory
+    check_inputs(f"linear_{name}", stand_in, target, class_weight, reduction, ignore_index,
+                 label_values=False)
+    b = resolve_backend(backend, hidden.device)
+    chunk = int(chunk_size) if chunk_size else choose_chunk(n, k, hidden.device,
+                                                            hidden.element_size())
+    if chunk < 1:
+        raise ValueError(f"linear_{name}: chunk_size must be >= 1, got {chunk_size}")
+    op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
+          ignore_index, b)
+    return _LinearLoss.apply(hidden, weight, bias, target.reshape(-1), class_weight, op, reduction,
+                             chunk)
+
+
+def _make(name):
+    def fn(hidden, weight, target, bias=None, **kwargs):
+        return linear_loss(name, hidden, weight, target, bias, **kwargs)
+
+    fn.__name__ = fn.__qualname__ = f"linear_{name}"
+    fn.__doc__ = f"Fused linear + {name}: see ``fused_anl.linear_loss``."
+    return fn
+
+
+class LinearLoss(torch.nn.Module):
+    """Holds a loss name and its hyperparameters; called with ``(hidden, weight, target, bias=None)``."""
+
+    loss_name = ""
+
+    def __init__(self, name=None, **kwargs):
+        super().__init__()
+        self.name = name or self.loss_name
+        if self.name not in R.LOSSES:
+            raise ValueError(f"unknown loss {self.name!r}")
+        R.resolve_hyper(R.LOSSES[self.name], {k: v for k, v in kwargs.items()
+                                              if k in R.LOSSES[self.name].hyper})
+        self.kwargs = kwargs
+
+    def forward(self, hidden, weight, target, bias=None):
+        return linear_loss(self.name, hidden, weight, target, bias, **self.kwargs)
+
+
+class LinearANLCELoss(LinearLoss):
+    loss_name = "anl_ce"
+
+    def __init__(self, **kwargs):
+        super().__init__("anl_ce", **kwargs)
+
+
+__all__ = ["linear_loss", "LinearLoss", "LinearANLCELoss"]
+for _name in R.LOSSES:
+    globals()[f"linear_{_name}"] = _make(_name)
+    __all__.append(f"linear_{_name}")
