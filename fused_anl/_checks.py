@@ -27,7 +27,7 @@ def check_inputs(name, logits, target, weight, reduction, ignore_index, label_va
 
     ``logits`` may be a stand-in of the right shape, dtype and device (an expanded
     tensor) when ``label_values`` is False: then only the label range is checked,
-    without reading logits.
+    without reading logits; ``None`` skips the label checks.
     """
     if not isinstance(logits, torch.Tensor):
         raise TypeError(f"{name}: logits must be a torch.Tensor, got {type(logits).__name__}")
@@ -66,7 +66,8 @@ def check_inputs(name, logits, target, weight, reduction, ignore_index, label_va
     d = 1
     for s in logits.shape[2:]:
         d *= s
-    if logits.device.type == "cpu" and not _compiling() and target.numel() > 0:
+    if label_values is not None and logits.device.type == "cpu" and not _compiling() \
+            and target.numel() > 0:
         _check_labels(name, logits if label_values else None, target, ignore_index, k)
     return n, k, d
 

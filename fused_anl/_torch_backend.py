@@ -120,6 +120,69 @@ def _epilogue(m, log_s, c, S, A1, EA, B1, EB, BC, zy, h, active, passive, exact)
     return al * La + be * Lb, al * k1a + be * k1b, al * k2a, be * k2b, al * k3a, be * k3b
 
 
+def _row_chunks(z3, step_rows=None):
+    """Yield (n0, n1, z): chunks of rows, each as a (rows, K) compute-dtype matrix."""
+    n, k, d = z3.shape
+    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    step = step_rows or max(1, CHUNK_ELEMENTS // max(1, k * d))
+    for n0 in range(0, n, step):
+        n1 = min(n, n0 + step)
+        yield n0, n1, z3[n0:n1].to(cdt).permute(0, 2, 1).reshape(-1, k)
+
+
+def _stats1(z):
+    """Per row: safe max (0 for an all-absent row), sum exp(z - max), sum (z - max), #present."""
+    present = z > float("-inf")
+    m = z.amax(1)
+    ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
+    s = torch.exp(z - ms[:, None]).sum(1)
+    d = torch.where(present, z - ms[:, None], torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
+    return ms, s, d, present.sum(1).to(z.dtype)
+
+
+def merge_stats1(parts):
+    """Combine stats1 partials (rows, P, 4) = (max, s, d, c) into one (ms, s, d, c) per row."""
+    pm, ps, pd, pc = parts.unbind(-1)
+    m = pm.amax(1)
+    ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
+    pms = torch.where(pm > float("-inf"), pm, ms[:, None])
+    return ms, (ps * torch.exp(pms - ms[:, None])).sum(1), (pd + pc * (pms - ms[:, None])).sum(1), pc.sum(1)
+
+
+def _finish(z, y, in_range, valid, zy, wy, scale, ms, log_s, c, dsum, sums, hv, active, passive,
+            exact, compute_grad):
+    """Per-row (weighted) loss and, if asked, the scaled gradient rows.
+
+    ``sums``: the five stats2 row sums, or None to sum this chunk's own elements.
+    ``y`` may lie outside [0, K) (class-parallel: the label is on another shard); the
+    ``[j == y]`` term then lives on that shard.
+    """
+    a1, ea, b1, eb, bc, p = _elementwise(z, ms, log_s, torch.where(in_range, y, -1), hv, active,
+                                         passive, exact)
+    if sums is None:
+        sums = [x.sum(1) if x.dim() == 2 else x.expand(z.shape[0]) for x in (a1, ea, b1, eb, bc)]
+    S = dsum - c * log_s  # NCE's normalizer, sum_k l_k
+    L, c1, c2a, c2b, c3a, c3b = _epilogue(ms, log_s, c, S, *sums, zy, hv, active, passive, exact)
+    loss = torch.where(valid, L * wy, torch.zeros_like(L))
+    if not compute_grad:
+        return loss, None
+    # per term, as in the kernel (see kernels/row_loss.py _grad_combine)
+    g = c2a[:, None] * p + c3a[:, None] * ea
+    g += c2b[:, None] * p + c3b[:, None] * eb
+    g.scatter_add_(1, torch.where(in_range, y, 0)[:, None],
+                   torch.where(in_range, c1, torch.zeros_like(c1))[:, None])
+    zero = torch.zeros((), dtype=z.dtype, device=z.device)
+    return loss, torch.where(valid[:, None], g * scale[:, None], zero)
+
+
+def stats2_sums(z, y, in_range, ms, log_s, hv, active, passive, exact):
+    """The five stats2 row sums (rows, 5) of a chunk (zeros for terms that need none)."""
+    a1, ea, b1, eb, bc, p = _elementwise(z, ms, log_s, torch.where(in_range, y, -1), hv, active,
+                                         passive, exact)
+    return torch.stack([x.sum(1) if x.dim() == 2 else x.expand(z.shape[0])
+                        for x in (a1, ea, b1, eb, bc)], 1)
+
+
 def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_index,
              compute_grad, grad_dtype=None, out=None):
     """Same contract as kernels.launch.row_loss (hv: dict of double constants).
@@ -134,36 +197,21 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
     if compute_grad:
         grad = out if out is not None else torch.empty((n, k, d), dtype=grad_dtype or z3.dtype,
                                                        device=z3.device)
-    step = max(1, CHUNK_ELEMENTS // max(1, k * d))
-    for n0 in range(0, n, step):
-        n1 = min(n, n0 + step)
-        z = z3[n0:n1].to(cdt).permute(0, 2, 1).reshape(-1, k)  # rows (n, d) of this chunk
+    for n0, n1, z in _row_chunks(z3):
         t = target[n0 * d:n1 * d].long()
         valid = t != ignore_index
         in_range = (t >= 0) & (t < k)
         ys = torch.where(in_range, t, 0)
         zy = z.gather(1, ys[:, None])[:, 0]
         zy = torch.where(in_range & (zy > float("-inf")), zy, torch.full_like(zy, float("nan")))
-        present = z > float("-inf")
-        m = z.amax(1)
-        ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
-        log_s = torch.log(torch.exp(z - ms[:, None]).sum(1))
-        c = present.sum(1).to(cdt)
-        a1, ea, b1, eb, bc, p = _elementwise(z, ms, log_s, ys, hv, active, passive, exact)
-        S = torch.where(present, (z - ms[:, None]) - log_s[:, None],
-                        torch.zeros((), dtype=cdt, device=z.device)).sum(1)
-        sums = [x.sum(1) if x.dim() == 2 else x for x in (a1, ea, b1, eb, bc)]
-        L, c1, c2a, c2b, c3a, c3b = _epilogue(ms, log_s, c, S, *sums, zy, hv, active, passive, exact)
-        wy = weight.to(cdt)[ys] if weight is not None else torch.ones_like(L)
-        loss[n0 * d:n1 * d] = torch.where(valid, L * wy, torch.zeros_like(L))
+        ms, s, dsum, c = _stats1(z)
+        wy = weight.to(cdt)[ys] if weight is not None else torch.ones_like(zy)
+        scale = torch.where(valid, wy, torch.zeros_like(wy))
+        if den is not None:
+            scale = scale / den.to(cdt)
+        lr, g = _finish(z, t, in_range, valid, zy, wy, scale, ms, torch.log(s), c, dsum, None, hv,
+                        active, passive, exact, compute_grad)
+        loss[n0 * d:n1 * d] = lr
         if compute_grad:
-            scale = torch.where(valid, wy, torch.zeros_like(wy))
-            if den is not None:
-                scale = scale / den.to(cdt)
-            # per term, as in the kernel (see kernels/row_loss.py _grad_combine)
-            g = c2a[:, None] * p + c3a[:, None] * ea
-            g += c2b[:, None] * p + c3b[:, None] * eb
-            g.scatter_add_(1, ys[:, None], c1[:, None])
-            g = torch.where(valid[:, None], g * scale[:, None], torch.zeros((), dtype=cdt, device=z.device))
             grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
     return loss, grad

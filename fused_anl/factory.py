@@ -42,7 +42,8 @@ PRESETS = {
 }
 
 ALIASES = {"min_prob": "p_min"}
-LOSS_KEYWORDS = ("reduction", "ignore_index", "weight", "backend", "detach_focal_weight")
+LOSS_KEYWORDS = ("reduction", "ignore_index", "weight", "backend", "detach_focal_weight",
+                 "process_group", "class_start")
 
 
 def get_loss(name: str, num_classes: int | None = None, **hyper):

@@ -82,8 +82,10 @@ def mean_denominator(t, weight, ignore_index, k, dtype):
     return torch.where(den != 0, den, torch.ones_like(den)).reshape(1)
 
 
-def _forward(ctx, logits, target, weight, op, reduction, dims, inplace):
-    """Shared forward: run the row loss (gradient included when needed) and reduce."""
+def _forward(ctx, logits, target, weight, op, reduction, dims, inplace, shard=None):
+    """Shared forward: run the row loss (gradient included when needed) and reduce.
+
+    shard: None, or (process_group, class_start) for class-parallel logits."""
     hyper, active, passive, exact, ignore_index, backend = op
     n, k, d = dims
     z3 = logits.reshape(n, k, d)  # a view whenever the trailing dims can be flattened
@@ -91,7 +93,13 @@ def _forward(ctx, logits, target, weight, op, reduction, dims, inplace):
     compute_grad = ctx.needs_input_grad[0]
     cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
     den = mean_denominator(t, weight, ignore_index, k, cdt) if reduction == "mean" else None
-    if inplace and compute_grad:
+    if shard is not None:
+        from .distributed import sharded_row_loss
+        loss_rows, grad = sharded_row_loss(
+            z3, t, weight, hyper, den, active=active, passive=passive, exact=exact,
+            ignore_index=ignore_index, compute_grad=compute_grad, backend=backend,
+            group=shard[0], class_start=shard[1])
+    elif inplace and compute_grad:
         if z3.data_ptr() != logits.data_ptr() or z3.numel() != logits.numel():
             raise ValueError("inplace_backward=True needs logits whose class dims can be viewed "
                              "as (N, K, D) without a copy")
@@ -130,15 +138,15 @@ def _backward(ctx, grad_out):
 
 class _FusedLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, target, weight, op, reduction, dims):
-        out, grad = _forward(ctx, logits, target, weight, op, reduction, dims, False)
+    def forward(ctx, logits, target, weight, op, reduction, dims, shard=None):
+        out, grad = _forward(ctx, logits, target, weight, op, reduction, dims, False, shard)
         if ctx.needs_input_grad[0]:
             ctx.save_for_backward(grad)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
-        return _backward(ctx, grad_out), None, None, None, None, None
+        return _backward(ctx, grad_out), None, None, None, None, None, None
 
 
 class _FusedLossInplace(torch.autograd.Function):
@@ -166,15 +174,24 @@ def _compiling() -> bool:
 
 
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
-                 backend="auto", detach_focal_weight=True, inplace_backward=False, **hyper):
+                 backend="auto", detach_focal_weight=True, inplace_backward=False,
+                 process_group=None, class_start=None, **hyper):
     """Fused loss ``name`` (a key of ``fused_anl.LOSSES``) on logits ``(N, K, ...)``.
 
     ``inplace_backward=True`` writes the gradient into the logits' storage instead of
     a new ``N x K`` buffer (the logits must not be needed afterwards; autograd raises
     if they are). It is ignored under ``torch.compile`` and when no gradient is needed.
+
+    ``process_group``: class-parallel mode (fused_anl/distributed.py). ``logits`` is
+    this rank's slice of the classes, starting at ``class_start`` (default: rank x
+    K_local, equal shards); ``target`` and ``weight`` are global. Every rank returns
+    the full loss and gets the gradient of its own slice.
     """
     spec = R.LOSSES[name]
     h = R.resolve_hyper(spec, hyper)
+    if process_group is not None:
+        return _sharded(name, spec, h, logits, target, reduction, ignore_index, weight, backend,
+                        detach_focal_weight, process_group, class_start)
     dims = check_inputs(name, logits, target, weight, reduction, ignore_index)
     b = resolve_backend(backend, logits.device)
     op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
@@ -185,6 +202,28 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
                              "grad; use it on logits produced by the model")
         return _FusedLossInplace.apply(logits, target, weight, op, reduction, dims)[0]
     return _FusedLoss.apply(logits, target, weight, op, reduction, dims)
+
+
+def _sharded(name, spec, h, logits, target, reduction, ignore_index, weight, backend,
+             detach_focal_weight, group, class_start):
+    import torch.distributed as dist
+    if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or logits.shape[1] < 1:
+        raise ValueError(f"{name}: class-parallel logits must have shape (N, K_local, ...)")
+    k_local = logits.shape[1]
+    # The global class count, where it is known without communication.
+    k_total = weight.shape[0] if isinstance(weight, torch.Tensor) and weight.dim() == 1 else (
+        k_local * dist.get_world_size(group) if class_start is None else None)
+    # Check shapes and dtypes on a stand-in of the global logits (no memory), and label
+    # values against the global count when it is known (a label no rank owns: NaN).
+    stand_in = logits.new_empty((1,) * logits.dim()).expand(
+        (logits.shape[0], k_total or 2) + tuple(logits.shape[2:]))
+    n, _, d = check_inputs(name, stand_in, target, weight, reduction, ignore_index,
+                           label_values=False if k_total else None)
+    b = resolve_backend(backend, logits.device)
+    op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
+          ignore_index, b)
+    return _FusedLoss.apply(logits, target, weight, op, reduction, (n, k_local, d),
+                            (group, class_start))
 
 
 def _make(name):
@@ -199,6 +238,8 @@ def _make(name):
     if spec.focal:
         kw["detach_focal_weight"] = True
     kw["inplace_backward"] = False
+    kw["process_group"] = None
+    kw["class_start"] = None
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in kw.items()]
     fn.__signature__ = inspect.Signature(params)
     fn.__name__ = fn.__qualname__ = name

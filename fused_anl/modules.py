@@ -13,8 +13,9 @@ class FusedLoss(torch.nn.Module):
     loss_name: str = ""
 
     def __init__(self, *, reduction="mean", ignore_index=-100, weight=None, backend="auto",
-                 detach_focal_weight=True, **hyper):
+                 detach_focal_weight=True, process_group=None, class_start=None, **hyper):
         super().__init__()
+        self.process_group, self.class_start = process_group, class_start
         spec = R.LOSSES[self.loss_name]
         R.resolve_hyper(spec, hyper)  # validate now, not at the first call
         self.hyper = {k: float(v) for k, v in dict(spec.hyper, **hyper).items()}
@@ -28,7 +29,8 @@ class FusedLoss(torch.nn.Module):
             kw["detach_focal_weight"] = self.detach_focal_weight
         return loss_by_name(self.loss_name, logits, target, reduction=self.reduction,
                             ignore_index=self.ignore_index, weight=self.weight,
-                            backend=self.backend, **kw)
+                            backend=self.backend, process_group=self.process_group,
+                            class_start=self.class_start, **kw)
 
     def extra_repr(self):
         items = [f"{k}={v:g}" for k, v in self.hyper.items()]

@@ -116,12 +116,67 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     if needs_stats2(active, passive):
         part2 = torch.empty((rows, p, 5), dtype=cdtype, device=z3.device)
         split_stats2_kernel[(rows, p)](
-            z3, target, hyper, part1, part2, k, d, s_n, s_k, s_d, chunk,
+            z3, target, hyper, part1, part2, k, d, s_n, s_k, s_d, chunk, p,
             BLOCK_K=cfg.block_k, P_BLOCK=p_block, num_warps=warps, **common)
     split_finish_kernel[(rows, p if compute_grad else 1)](
-        z3, target, w_arg, hyper, den_arg, part1, part2, loss, g_arg,
-        k, d, s_n, s_k, s_d, *g_strides, ignore_index, chunk, p,
-        HAS_WEIGHT=weight is not None, MEAN=den is not None, COMPUTE_GRAD=compute_grad,
-        BLOCK_K=cfg.block_k, P_BLOCK=p_block, num_warps=warps, **common,
+        z3, target, w_arg, hyper, den_arg, hyper, part1, part2, loss, g_arg,
+        k, d, s_n, s_k, s_d, *g_strides, ignore_index, chunk, p, p,
+        HAS_WEIGHT=weight is not None, MEAN=den is not None, SHARDED=False,
+        COMPUTE_GRAD=compute_grad, BLOCK_K=cfg.block_k, P_BLOCK=p_block, num_warps=warps,
+        **common,
     )
     return loss, grad
+
+
+# ------------------------------------------------ class-parallel shards (no communication here)
+# fused_anl/distributed.py runs: shard_stats1 -> all_gather -> shard_stats2 -> all_reduce
+# -> shard_finish. Each step reads this rank's (N, K_local, D) shard once.
+
+
+def shard_stats1(z3):
+    """(rows, 1, 4) float stats1 (max, sum exp, sum (z - max), #present) of the local shard."""
+    n, k, d = z3.shape
+    cdtype = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    part = torch.empty((n * d, 1, 4), dtype=cdtype, device=z3.device)
+    if n * d:
+        block = min(_config.block_k, triton.next_power_of_2(k))
+        split_stats1_kernel[(n * d, 1)](z3, part, k, d, *z3.stride(), k, BLOCK_K=block,
+                                        DT=_dt(z3), num_warps=_warps(block))
+    return part
+
+
+def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
+    """(rows, 1, 5) stats2 sums of the local shard, given all ranks' stats1 (rows, W, 4)."""
+    n, k, d = z3.shape
+    part2 = torch.empty((n * d, 1, 5), dtype=parts1.dtype, device=z3.device)
+    if n * d:
+        block = min(_config.block_k, triton.next_power_of_2(k))
+        split_stats2_kernel[(n * d, 1)](
+            z3, y_local, hyper, parts1, part2, k, d, *z3.stride(), k, parts1.shape[1],
+            ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=block,
+            P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), num_warps=_warps(block))
+    return part2
+
+
+def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, active, passive,
+                 exact, ignore_index, compute_grad):
+    """Per-row loss and this shard's gradient columns from the combined statistics."""
+    n, k, d = z3.shape
+    loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
+    grad = torch.empty((n, k, d), dtype=z3.dtype, device=z3.device) if compute_grad else None
+    if n * d:
+        block = min(_config.block_k, triton.next_power_of_2(k))
+        g_arg = grad if grad is not None else loss
+        split_finish_kernel[(n * d, 1)](
+            z3, y_local, row_weight, hyper, den if den is not None else hyper, zy, parts1, parts2,
+            loss, g_arg, k, d, *z3.stride(), *(grad.stride() if grad is not None else (0, 0, 0)),
+            ignore_index, k, parts1.shape[1], parts2.shape[1], ACTIVE=active, PASSIVE=passive,
+            EXACT=exact, HAS_WEIGHT=True, MEAN=den is not None, SHARDED=True,
+            COMPUTE_GRAD=compute_grad, BLOCK_K=block,
+            P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])), DT=_dt(z3),
+            num_warps=_warps(block))
+    return loss, grad
+
+
+def _dt(z):
+    return tl.float64 if z.dtype == torch.float64 else tl.float32

@@ -29,21 +29,32 @@ from ._terms import (
 
 
 @triton.jit
-def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
-               HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, DT: tl.constexpr):
-    """Row base offset, label, label logit, validity and gradient scale of one row."""
+def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
+               HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SHARDED: tl.constexpr,
+               DT: tl.constexpr):
+    """Row base offset, label, label logit, validity and gradient scale of one row.
+
+    SHARDED (class-parallel): the label logit and the row's class weight were
+    gathered across ranks beforehand (zy_ptr, w_ptr hold one value per row) and the
+    label is shard-local (it may fall outside [0, K)).
+    """
     n = row // D
     base = n * s_n + (row - n * D) * s_d
     y = tl.load(t_ptr + row).to(tl.int64)
     valid = y != ignore_index
-    in_range = (y >= 0) & (y < K)
-    ys = tl.where(in_range, y, 0)
-    zy = tl.load(z_ptr + base + ys * s_k).to(DT)
-    # A label out of range or on an absent class: NaN for this sample (SPEC.md).
-    zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
-    wy = zy * 0.0 + 1.0
-    if HAS_WEIGHT:
-        wy = tl.load(w_ptr + ys).to(DT)
+    if SHARDED:
+        zy = tl.load(zy_ptr + row).to(DT)
+        zy = tl.where(zy > NEG_INF, zy, float("nan"))  # no rank holds the label: NaN
+        wy = tl.load(w_ptr + row).to(DT)
+    else:
+        in_range = (y >= 0) & (y < K)
+        ys = tl.where(in_range, y, 0)
+        zy = tl.load(z_ptr + base + ys * s_k).to(DT)
+        # A label out of range or on an absent class: NaN for this sample (SPEC.md).
+        zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
+        wy = zy * 0.0 + 1.0
+        if HAS_WEIGHT:
+            wy = tl.load(w_ptr + ys).to(DT)
     scale = tl.where(valid, wy, 0.0)
     if MEAN:
         scale = scale / tl.load(den_ptr).to(DT)
@@ -117,8 +128,9 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                     SINGLE: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
     """One program per row: single-block or streaming path."""
     row = tl.program_id(0).to(tl.int64)
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, row, D, s_n, s_d,
-                                               s_k, K, ignore_index, HAS_WEIGHT, MEAN, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
+                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
+                                               False, DT)
     n = row // D
     gbase = n * g_n + (row - n * D) * g_d
     if SINGLE:
@@ -192,15 +204,18 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
 
 @triton.jit
 def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_k, s_d, CHUNK,
-                        ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
-                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, DT: tl.constexpr):
+                        NPART1, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+                        EXACT: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr,
+                        DT: tl.constexpr):
+    """stats2 partials of chunk pid; the row's NPART1 stats1 partials are combined first
+    (NPART1 = number of chunks, or of ranks for class-parallel shards)."""
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     P = tl.num_programs(1)
     n = row // D
     base = n * s_n + (row - n * D) * s_d
     y = tl.load(t_ptr + row).to(tl.int64)
-    m, s, d, c = _load_stats1_partials(part1_ptr, row, P, P_BLOCK)
+    m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     log_s = tl.log(s)
     lo = pid * CHUNK
     A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), y, m,
@@ -214,18 +229,20 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
 
 
 @triton.jit
-def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, part1_ptr, part2_ptr, loss_ptr,
-                        g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, CHUNK, P,
-                        ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
-                        HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
-                        COMPUTE_GRAD: tl.constexpr, BLOCK_K: tl.constexpr,
-                        P_BLOCK: tl.constexpr, DT: tl.constexpr):
-    """Loss (chunk 0 of each row) and the gradient of this program's chunk."""
+def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, part2_ptr,
+                        loss_ptr, g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, CHUNK,
+                        NPART1, NPART2, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+                        EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
+                        SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, DT: tl.constexpr):
+    """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
+    row's NPART1 stats1 and NPART2 stats2 partials."""
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, row, D, s_n, s_d,
-                                               s_k, K, ignore_index, HAS_WEIGHT, MEAN, DT)
-    m, s, d, c = _load_stats1_partials(part1_ptr, row, P, P_BLOCK)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n,
+                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
+                                               SHARDED, DT)
+    m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
     B1 = tl.zeros((), DT)
@@ -233,12 +250,12 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, part1_ptr, part2_pt
     BC = tl.zeros((), DT)
     if needs_stats2(ACTIVE, PASSIVE):
         i = tl.arange(0, P_BLOCK)
-        ptr = part2_ptr + (row * P + i) * 5
-        A1 = tl.sum(tl.load(ptr, mask=i < P, other=0.0), 0)
-        EA = tl.sum(tl.load(ptr + 1, mask=i < P, other=0.0), 0)
-        B1 = tl.sum(tl.load(ptr + 2, mask=i < P, other=0.0), 0)
-        EB = tl.sum(tl.load(ptr + 3, mask=i < P, other=0.0), 0)
-        BC = tl.sum(tl.load(ptr + 4, mask=i < P, other=0.0), 0)
+        ptr = part2_ptr + (row * NPART2 + i) * 5
+        A1 = tl.sum(tl.load(ptr, mask=i < NPART2, other=0.0), 0)
+        EA = tl.sum(tl.load(ptr + 1, mask=i < NPART2, other=0.0), 0)
+        B1 = tl.sum(tl.load(ptr + 2, mask=i < NPART2, other=0.0), 0)
+        EB = tl.sum(tl.load(ptr + 3, mask=i < NPART2, other=0.0), 0)
+        BC = tl.sum(tl.load(ptr + 4, mask=i < NPART2, other=0.0), 0)
     L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                         ACTIVE, PASSIVE, EXACT)
     if pid == 0:

@@ -1,0 +1,63 @@
+"""Worker for test_distributed.py: one process of a gloo group, checking every loss on
+class shards against the single-process loss on the full logits."""
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def make_batch(k, seed):
+    g = torch.Generator().manual_seed(seed)
+    n = 9
+    z = torch.randn(n, k, generator=g, dtype=torch.float64) * 3
+    t = torch.randint(0, k, (n,), generator=g)
+    z[0, t[0]] += 30.0                  # confident row
+    z[1] *= 10.0                        # many p below p_min
+    t[2] = -100                         # ignored row
+    z[3, : k // 4] = float("-inf")      # padding inside the first shard only
+    t[3] = k - 1
+    return z, t
+
+
+def run(rank, world, port, names, backends, boundary_labels):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank,
+                            world_size=world)
+    import fused_anl
+    try:
+        k = 8 * world
+        kl = k // world
+        z, t = make_batch(k, seed=world)
+        if boundary_labels:  # labels on each shard's first and last class
+            t[4], t[5], t[6], t[7] = 0, kl - 1, kl, k - 1
+        weight = torch.rand(k, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+        for name in names:
+            for backend in backends:
+                for reduction, w in (("mean", None), ("sum", weight), ("none", None)):
+                    full = z.clone().requires_grad_(True)
+                    ref = getattr(fused_anl, name)(full, t, reduction=reduction, weight=w,
+                                                   backend="torch")
+                    go = torch.linspace(0.5, 1.5, ref.numel(), dtype=ref.dtype).reshape(ref.shape)
+                    ref.backward(go)
+                    shard = z[:, rank * kl:(rank + 1) * kl].clone().requires_grad_(True)
+                    out = getattr(fused_anl, name)(shard, t, reduction=reduction, weight=w,
+                                                   backend=backend, process_group=dist.group.WORLD)
+                    out.backward(go)
+                    tag = f"{name}/{backend}/{reduction} rank {rank}"
+                    torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12, msg=tag)
+                    torch.testing.assert_close(shard.grad, full.grad[:, rank * kl:(rank + 1) * kl],
+                                               rtol=1e-10, atol=1e-12, msg=tag)
+        # explicit class_start with unequal shards (rank 0 gets 3 classes)
+        cuts = [0] + [3 + i * kl for i in range(world - 1)] + [k]
+        lo, hi = cuts[rank], cuts[rank + 1]
+        full = z.clone().requires_grad_(True)
+        ref = fused_anl.anl_ce(full, t, backend="torch")
+        ref.backward()
+        shard = z[:, lo:hi].clone().requires_grad_(True)
+        out = fused_anl.ANLCELoss(process_group=dist.group.WORLD, class_start=lo,
+                                  backend=backends[0])(shard, t)
+        out.backward()
+        torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(shard.grad, full.grad[:, lo:hi], rtol=1e-10, atol=1e-12)
+    finally:
+        dist.destroy_process_group()

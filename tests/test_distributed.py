@@ -1,0 +1,44 @@
+"""Class-parallel losses over gloo: 2 and 4 CPU processes, each holding a class shard,
+must reproduce the single-process loss and the matching slice of its gradient."""
+import socket
+
+import pytest
+import torch.multiprocessing as mp
+
+import fused_anl
+
+import dist_worker
+
+ALL = sorted(fused_anl.LOSSES)
+
+
+def _port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _spawn(world, names, backends, boundary_labels=True):
+    mp.spawn(dist_worker.run, args=(world, _port(), names, backends, boundary_labels),
+             nprocs=world, join=True)
+
+
+def test_two_ranks_every_loss_torch_backend():
+    _spawn(2, ALL, ["torch"])
+
+
+def test_two_ranks_every_loss_triton_kernels():
+    _spawn(2, ALL, ["triton"])
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_four_ranks(backend):
+    _spawn(4, ["anl_ce", "anl_fl", "nce_rce", "ce", "nnfl"], [backend])
+
+
+def test_collectives_per_forward(monkeypatch):
+    """One collective for losses without lse-dependent sums, two otherwise."""
+    from fused_anl.kernels import _codes as C
+    one = [n for n, s in fused_anl.LOSSES.items() if not C.needs_stats2(s.active, s.passive)]
+    assert {"ce", "nce", "fl", "mae", "gce", "nce_agce"} <= set(one)
+    assert not C.needs_stats2(C.A_NCE, C.P_NONE) and C.needs_stats2(C.A_NCE, C.P_NNCE)
