@@ -36,7 +36,7 @@ def choose_chunk(n: int, k: int, device: torch.device, itemsize: int) -> int:
 
 
 def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-            ignore_index, backend, chunk, compute_grad, row_scale=None):
+            ignore_index, backend, chunk, compute_grad, row_scale=None, shard=None):
     """Yield (start, stop, chunk inputs, per-row loss, logit gradient or None)."""
     n = hidden.shape[0]
     for a in range(0, n, chunk):
@@ -44,8 +44,15 @@ def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passi
         h = hidden[a:b]
         logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
         z3 = logits.unsqueeze(-1)
-        loss, g = run_row_loss(z3, target[a:b], loss_weight, hyper, den, active, passive, exact,
-                               ignore_index, compute_grad, backend, out=z3)
+        if shard is not None:  # weight holds this rank's rows (classes): shard statistics
+            from .distributed import sharded_row_loss
+            loss, g = sharded_row_loss(z3, target[a:b], loss_weight, hyper, den, active=active,
+                                       passive=passive, exact=exact, ignore_index=ignore_index,
+                                       compute_grad=compute_grad, backend=backend,
+                                       group=shard[0], class_start=shard[1])
+        else:
+            loss, g = run_row_loss(z3, target[a:b], loss_weight, hyper, den, active, passive,
+                                   exact, ignore_index, compute_grad, backend, out=z3)
         if g is not None:
             g = g.squeeze(-1)
             if row_scale is not None:
@@ -54,14 +61,15 @@ def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passi
 
 
 def _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-           ignore_index, backend, chunk, needs, row_scale=None, loss_out=None):
+           ignore_index, backend, chunk, needs, row_scale=None, loss_out=None, shard=None):
     gh = torch.empty_like(hidden) if needs[0] else None
     gw = torch.zeros(weight.shape, dtype=torch.float32 if weight.dtype != torch.float64
                      else torch.float64, device=weight.device) if needs[1] else None
     gb = torch.zeros(bias.shape, dtype=gw.dtype if gw is not None else torch.float32,
                      device=bias.device) if (bias is not None and needs[2]) else None
     for a, b, h, loss, g in _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active,
-                                    passive, exact, ignore_index, backend, chunk, True, row_scale):
+                                    passive, exact, ignore_index, backend, chunk, True, row_scale,
+                                    shard):
         if loss_out is not None:
             loss_out[a:b] = loss
         if gh is not None:
@@ -70,11 +78,33 @@ def _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passiv
             gw += g.t() @ h
         if gb is not None:
             gb += g.sum(0, dtype=gb.dtype)
+    if shard is not None and gh is not None:
+        # hidden is replicated: its gradient is the sum of every shard's g @ weight_shard
+        import torch.distributed as dist
+        dist.all_reduce(gh, group=shard[0])
     return gh, gw, gb
 
 
 def _empty(x):
     return x.new_empty((0,))
+
+
+def _fwd_impl(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
+              ignore_index, backend, chunk, need_h, need_w, need_b, shard=None):
+    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    loss = hidden.new_empty((hidden.shape[0],), dtype=cdt)
+    if need_h or need_w or need_b:
+        gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive,
+                            exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
+                            loss_out=loss, shard=shard)
+    else:
+        gh = gw = gb = None
+        for a, b, _, lr, _ in _chunks(hidden, weight, bias, target, loss_weight, hyper, None, active,
+                                      passive, exact, ignore_index, backend, chunk, False,
+                                      shard=shard):
+            loss[a:b] = lr
+    return (loss, gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
+            gb if gb is not None else _empty(hidden))
 
 
 @torch.library.custom_op("fused_anl::linear_loss_fwd", mutates_args=())
@@ -83,19 +113,8 @@ def linear_loss_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                     den: Optional[torch.Tensor], active: int, passive: int, exact: bool,
                     ignore_index: int, backend: str, chunk: int, need_h: bool, need_w: bool,
                     need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    loss = hidden.new_empty((hidden.shape[0],), dtype=cdt)
-    if need_h or need_w or need_b:
-        gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive,
-                            exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
-                            loss_out=loss)
-    else:
-        gh = gw = gb = None
-        for a, b, _, lr, _ in _chunks(hidden, weight, bias, target, loss_weight, hyper, None, active,
-                                      passive, exact, ignore_index, backend, chunk, False):
-            loss[a:b] = lr
-    return (loss, gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
-            gb if gb is not None else _empty(hidden))
+    return _fwd_impl(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
+                     ignore_index, backend, chunk, need_h, need_w, need_b)
 
 
 @linear_loss_fwd.register_fake
@@ -117,9 +136,15 @@ def linear_loss_bwd_rows(grad_rows: torch.Tensor, hidden: torch.Tensor, weight: 
                          need_h: bool, need_w: bool,
                          need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of reduction="none": recompute each chunk, scale rows by grad_rows."""
+    return _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active,
+                          passive, exact, ignore_index, backend, chunk, need_h, need_w, need_b)
+
+
+def _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active, passive,
+                   exact, ignore_index, backend, chunk, need_h, need_w, need_b, shard=None):
     gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, None, active, passive,
                         exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
-                        row_scale=grad_rows)
+                        row_scale=grad_rows, shard=shard)
     return (gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
             gb if gb is not None else _empty(hidden))
 
@@ -135,18 +160,21 @@ def _(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active, passi
 
 class _LinearLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, loss_weight, op, reduction, chunk):
+    def forward(ctx, hidden, weight, bias, target, loss_weight, op, reduction, chunk, shard=None):
         hyper, active, passive, exact, ignore_index, backend = op
         need = ctx.needs_input_grad[:3]
         need = (need[0], need[1], bias is not None and need[2])
         cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-        den = (mean_denominator(target, loss_weight, ignore_index, weight.shape[0], cdt)
-               if reduction == "mean" else None)
+        k = loss_weight.shape[0] if loss_weight is not None else weight.shape[0]
+        den = mean_denominator(target, loss_weight, ignore_index, k, cdt) if reduction == "mean" else None
         early = reduction != "none"  # gradients complete in forward, up to a scalar
-        loss, gh, gw, gb = torch.ops.fused_anl.linear_loss_fwd(
-            hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-            ignore_index, backend, chunk, early and need[0], early and need[1], early and need[2])
-        ctx.reduction, ctx.need, ctx.op, ctx.chunk = reduction, need, op, chunk
+        args = (hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
+                ignore_index, backend, chunk, early and need[0], early and need[1], early and need[2])
+        if shard is None:
+            loss, gh, gw, gb = torch.ops.fused_anl.linear_loss_fwd(*args)
+        else:  # collectives inside: not a custom op
+            loss, gh, gw, gb = _fwd_impl(*args, shard=shard)
+        ctx.reduction, ctx.need, ctx.op, ctx.chunk, ctx.shard = reduction, need, op, chunk, shard
         ctx.dtypes = (hidden.dtype, weight.dtype)
         if early:
             ctx.save_for_backward(gh, gw, gb)
@@ -167,25 +195,33 @@ class _LinearLoss(torch.autograd.Function):
         else:
             hidden, weight, bias, target, loss_weight = ctx.saved_tensors
             hyper, active, passive, exact, ignore_index, backend = ctx.op
-            gh, gw, gb = torch.ops.fused_anl.linear_loss_bwd_rows(
-                grad_out, hidden, weight, bias, target, loss_weight, hyper, active, passive, exact,
-                ignore_index, backend, ctx.chunk, need[0], need[1], need[2])
+            args = (grad_out, hidden, weight, bias, target, loss_weight, hyper, active, passive,
+                    exact, ignore_index, backend, ctx.chunk, need[0], need[1], need[2])
+            if ctx.shard is None:
+                gh, gw, gb = torch.ops.fused_anl.linear_loss_bwd_rows(*args)
+            else:
+                gh, gw, gb = _bwd_rows_impl(*args, shard=ctx.shard)
             gh, gw, gb = (gh if need[0] else None), (gw if need[1] else None), (gb if need[2] else None)
         wdt = ctx.dtypes[1]
         gw = gw.to(wdt) if gw is not None else None
         gb = gb.to(wdt) if gb is not None else None
-        return gh, gw, gb, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None, None, None
 
 
 def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ignore_index=-100,
                 class_weight=None, chunk_size=None, backend="auto", detach_focal_weight=True,
-                **hyper):
+                process_group=None, class_start=None, **hyper):
     """Loss ``name`` of ``hidden @ weight.T + bias`` without materializing the logits.
 
     hidden ``(N, D)``; weight ``(K, D)`` as ``nn.Linear`` stores it; bias ``(K,)`` or None;
     target ``(N,)``. ``class_weight``: optional K class weights (``weight=`` of the
     plain losses). Gradients of hidden/weight/bias come back in their own dtypes,
     the weight and bias ones accumulated in float32.
+
+    Class-parallel (``process_group``): ``weight``/``bias`` hold this rank's rows
+    (classes, starting at ``class_start``, default rank x K_local), ``hidden`` and
+    ``target`` are replicated; the loss is the full one on every rank, and the
+    gradient of ``hidden`` is summed over ranks (one all_reduce).
     """
     if name not in R.LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
@@ -204,9 +240,14 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
         raise ValueError(f"linear_{name}: bias must have shape ({weight.shape[0]},) and the "
                          "weight's dtype")
     n, k = hidden.shape[0], weight.shape[0]
-    stand_in = hidden.new_empty((1, 1)).expand(n, k)  # shape, dtype, device; no memory
+    k_all = k
+    if process_group is not None:
+        import torch.distributed as dist
+        k_all = class_weight.shape[0] if class_weight is not None else (
+            k * dist.get_world_size(process_group) if class_start is None else None)
+    stand_in = hidden.new_empty((1, 1)).expand(n, k_all or 2)  # shape, dtype, device; no memory
     check_inputs(f"linear_{name}", stand_in, target, class_weight, reduction, ignore_index,
-                 label_values=False)
+                 label_values=False if k_all else None)
     b = resolve_backend(backend, hidden.device)
     chunk = int(chunk_size) if chunk_size else choose_chunk(n, k, hidden.device,
                                                             hidden.element_size())
@@ -214,8 +255,9 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
         raise ValueError(f"linear_{name}: chunk_size must be >= 1, got {chunk_size}")
     op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
           ignore_index, b)
+    shard = (process_group, class_start) if process_group is not None else None
     return _LinearLoss.apply(hidden, weight, bias, target.reshape(-1), class_weight, op, reduction,
-                             chunk)
+                             chunk, shard)
 
 
 def _make(name):

@@ -42,3 +42,19 @@ def test_collectives_per_forward(monkeypatch):
     one = [n for n, s in fused_anl.LOSSES.items() if not C.needs_stats2(s.active, s.passive)]
     assert {"ce", "nce", "fl", "mae", "gce", "nce_agce"} <= set(one)
     assert not C.needs_stats2(C.A_NCE, C.P_NONE) and C.needs_stats2(C.A_NCE, C.P_NNCE)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_linear_loss_with_sharded_weight(backend):
+    mp.spawn(dist_worker.run_linear, args=(2, _port(), backend), nprocs=2, join=True)
+
+
+def test_class_parallel_example_reproduces_single_process_curve():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, str(root / "examples" / "class_parallel.py"), "--steps", "5"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "max |difference|" in out.stdout
