@@ -35,17 +35,13 @@ def constants(h: dict, passive: int) -> list:
 
 
 @functools.lru_cache(maxsize=512)
-def _cached(values: tuple, device: str, dtype: torch.dtype) -> torch.Tensor:
+def device_tensor(values: tuple, device: str, dtype: torch.dtype) -> torch.Tensor:
+    """The constants as a tensor on ``device`` (cached: steady-state calls copy nothing)."""
     return torch.tensor(values, dtype=dtype, device=device)
 
 
-def hyper_tensor(h: dict, passive: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return _cached(tuple(constants(h, passive)), str(device), dtype)
-
-
-def constants_dict(h: dict, passive: int) -> dict:
-    """The same constants by name, as Python floats (for the torch backend)."""
-    v = constants(h, passive)
-    return dict(alpha=v[C.H_ALPHA], beta=v[C.H_BETA], gamma=v[C.H_GAMMA], q=v[C.H_Q], a=v[C.H_A],
-                log_pmin=v[C.H_LOG_PMIN], A_nnce=v[C.H_A_NNCE], A_nnfl=v[C.H_A_NNFL],
-                C_pass=v[C.H_C_PASS])
+def by_name(values) -> dict:
+    """The constants by name, as Python floats (for the torch backend)."""
+    return dict(alpha=values[C.H_ALPHA], beta=values[C.H_BETA], gamma=values[C.H_GAMMA],
+                q=values[C.H_Q], a=values[C.H_A], log_pmin=values[C.H_LOG_PMIN],
+                A_nnce=values[C.H_A_NNCE], A_nnfl=values[C.H_A_NNFL], C_pass=values[C.H_C_PASS])

@@ -13,13 +13,6 @@ from typing import List, Optional, Tuple
 import torch
 
 from . import _hyper, _torch_backend
-from .kernels import _codes as C
-
-
-def _hyper_dict(values):
-    return dict(alpha=values[C.H_ALPHA], beta=values[C.H_BETA], gamma=values[C.H_GAMMA],
-                q=values[C.H_Q], a=values[C.H_A], log_pmin=values[C.H_LOG_PMIN],
-                A_nnce=values[C.H_A_NNCE], A_nnfl=values[C.H_A_NNFL], C_pass=values[C.H_C_PASS])
 
 
 def run_row_loss(z3, target, weight, hyper: List[float], den, active: int, passive: int,
@@ -30,9 +23,9 @@ def run_row_loss(z3, target, weight, hyper: List[float], den, active: int, passi
     cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
     if backend == "triton":
         from .kernels import launch
-        hv = _hyper._cached(tuple(hyper), str(z3.device), cdt)
+        hv = _hyper.device_tensor(tuple(hyper), str(z3.device), cdt)
         return launch.row_loss(z3, target, weight, hv, den, **kw)
-    return _torch_backend.row_loss(z3, target, weight, _hyper_dict(hyper), den, **kw)
+    return _torch_backend.row_loss(z3, target, weight, _hyper.by_name(hyper), den, **kw)
 
 
 @torch.library.custom_op("fused_anl::row_loss", mutates_args=())

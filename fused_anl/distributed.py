@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from . import _hyper
 from . import _torch_backend as TB
 from .kernels import _codes as C
 
@@ -76,12 +77,12 @@ def sharded_row_loss(z3, target, weight, hyper, den, *, active, passive, exact, 
     needs2 = C.needs_stats2(active, passive)
     if backend == "triton":
         from .kernels import launch
-        hv = _hyper_tensor(hyper, z3.device, cdt)
+        hv = _hyper.device_tensor(tuple(hyper), str(z3.device), cdt)
         part2 = (launch.shard_stats2(z3, y_local, hv, parts1, active=active, passive=passive,
                                      exact=exact) if needs2
                  else torch.zeros((rows, 1, 5), dtype=cdt, device=z3.device))
     else:
-        hd = _hyper_dict(hyper)
+        hd = _hyper.by_name(hyper)
         ms, s, dsum, c = TB.merge_stats1(parts1)
         part2 = torch.zeros((rows, 1, 5), dtype=cdt, device=z3.device)
         if needs2:
@@ -117,13 +118,3 @@ def _torch_stats1(z):
     ms, s, dsum, c = TB._stats1(z)
     m = torch.where(c > 0, ms, torch.full_like(ms, float("-inf")))  # all-absent shard row
     return torch.stack([m, s, dsum, c], 1)
-
-
-def _hyper_tensor(hyper, device, dtype):
-    from ._hyper import _cached
-    return _cached(tuple(hyper), str(device), dtype)
-
-
-def _hyper_dict(hyper):
-    from ._ops import _hyper_dict as hd
-    return hd(hyper)
