@@ -201,8 +201,13 @@ def step(fn, z, t, mode):
         loss = fn(zz, t)
         loss.backward()
         return loss
-    run.leaf = zz
+    run.leaves = (zz,)
     return run
+
+
+def _clear_grads(run):
+    for leaf in getattr(run, "leaves", ()):
+        leaf.grad = None
 
 
 def case_bytes(n, k, dtype, mode) -> int:
@@ -222,9 +227,7 @@ def copy_bandwidth(z, device, reps=10) -> float:
 
 def peak_extra_cuda(run) -> int:
     """Bytes allocated at the peak of one call beyond what was allocated before it."""
-    leaf = getattr(run, "leaf", None)
-    if leaf is not None:
-        leaf.grad = None
+    _clear_grads(run)
     gc.collect()
     torch.cuda.synchronize()
     before = torch.cuda.memory_allocated()
@@ -233,8 +236,7 @@ def peak_extra_cuda(run) -> int:
     torch.cuda.synchronize()
     peak = torch.cuda.max_memory_allocated() - before
     del out
-    if leaf is not None:
-        leaf.grad = None
+    _clear_grads(run)
     return peak
 
 
@@ -242,7 +244,7 @@ CPU_MEMORY_SCRIPT = r"""
 import json, resource, sys
 sys.path.insert(0, {root!r})
 import torch
-from benchmarks.common import DTYPES, compiled_fn, implementations, make_inputs, step
+from benchmarks import common as C
 
 def status(key):
     with open("/proc/self/status") as f:
@@ -250,13 +252,17 @@ def status(key):
             if line.startswith(key):
                 return int(line.split()[1]) * 1024
 
-loss, impl, n, k, dtype, mode = {args!r}
-impls, skipped = implementations(loss, "cpu", compile_cpu=impl == "compiled")
-fn = compiled_fn(loss) if impl == "compiled" else impls[impl]
-zs, ts = make_inputs(8, 16, DTYPES[dtype], "cpu")
-step(fn, zs, ts, mode)()  # load the code paths on a tiny input
-z, t = make_inputs(n, k, DTYPES[dtype], "cpu")
-run = step(fn, z, t, mode)
+kind, loss, impl, shape, dtype, mode = {args!r}
+dtype = C.DTYPES[dtype]
+if kind == "loss":
+    impls, skipped = C.implementations(loss, "cpu", compile_cpu=impl == "compiled")
+    fn = C.compiled_fn(loss) if impl == "compiled" else impls[impl]
+    C.step(fn, *C.make_inputs(8, 16, dtype, "cpu"), mode)()  # load the code paths on a tiny input
+    run = C.step(fn, *C.make_inputs(*shape, dtype, "cpu"), mode)
+else:
+    fn = C.linear_implementations(loss, "cpu")[0][impl]
+    C.step_linear(fn, *C.make_linear_inputs(8, 4, 16, dtype, "cpu"))()
+    run = C.step_linear(fn, *C.make_linear_inputs(*shape, dtype, "cpu"))
 try:
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # peak RSS (VmHWM) := current RSS, so input creation is not counted
@@ -267,19 +273,24 @@ except OSError:
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 loss_value = float(run())
 peak = status("VmHWM:") if method != "ru_maxrss" else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print(json.dumps(dict(extra=peak - base, method=method, loss=loss_value)))
+grads = sum(x.grad.numel() * x.grad.element_size() for x in getattr(run, "leaves", ()) if x.grad is not None)
+print(json.dumps(dict(extra=peak - base, grads=grads, method=method, loss=loss_value)))
 """
 
 
-def peak_extra_cpu(loss, impl, n, k, dtype, mode, timeout=600) -> dict:
-    """Peak RSS growth (bytes) of one call in a fresh Python process; see the module doc."""
-    code = CPU_MEMORY_SCRIPT.format(root=str(ROOT), args=(loss, impl, n, k, dtype_name(dtype), mode))
+def peak_extra_cpu(loss, impl, shape, dtype, mode, kind="loss", timeout=600) -> dict:
+    """Peak RSS growth (bytes) of one call in a fresh Python process (see the module
+    doc): {"extra": bytes, "grads": bytes of the input gradients left behind,
+    "method": ..., "loss": value}. ``shape`` is (N, K) for a loss, (N, D, K) for a
+    linear loss (kind="linear")."""
+    code = CPU_MEMORY_SCRIPT.format(root=str(ROOT), args=(kind, loss, impl, tuple(shape), dtype_name(dtype), mode))
     env = dict(os.environ)
     env.pop("TRITON_INTERPRET", None)  # backend "auto" on CPU = the torch path
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                          env=env, cwd=str(ROOT))
     if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1] if out.stderr.strip() else f"exit {out.returncode}")
+        err = out.stderr.strip().splitlines()
+        raise RuntimeError(err[-1] if err else f"exit status {out.returncode}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -316,8 +327,95 @@ def measure(loss, impl, fn, z, t, mode, device, copy_bw, *, memory=True, timing=
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             row["error"] = f"{type(e).__name__}: {msg[:160]}"
     finally:
-        if run is not None and getattr(run, "leaf", None) is not None:
-            run.leaf.grad = None
+        if run is not None:
+            _clear_grads(run)
+        del run
+        free(device)
+    return row
+
+
+# --------------------------------------------------------------------------------------
+# Fused linear + loss: loss(hidden @ weight.T, target) without the N x K logits.
+
+
+def linear_implementations(loss: str, device: str):
+    """(impls, skipped) for the linear + loss case, forward+backward w.r.t. hidden and
+    weight: ``fused_linear`` (fused_anl.linear_loss), ``unfused`` (the logits
+    materialised by a matmul, then the fused loss on them), ``unfused_eager`` (matmul,
+    then the eager reference), and for CE Liger's fused linear cross entropy and
+    Apple's cut-cross-entropy when importable (CUDA)."""
+    impls, skipped = {}, {}
+    if not hasattr(fused_anl, "linear_loss"):
+        skipped["fused_linear"] = "fused_anl.linear_loss does not exist"
+    else:
+        impls["fused_linear"] = lambda h, w, t: fused_anl.linear_loss(loss, h, w, t)
+    fused_fn = getattr(fused_anl, loss, None)
+    if fused_fn is not None:
+        impls["unfused"] = lambda h, w, t: fused_fn(h @ w.t(), t)
+    ref = getattr(fused_anl.reference, loss, None)
+    if ref is not None:
+        impls["unfused_eager"] = lambda h, w, t: ref(h @ w.t(), t)
+    if loss == "ce":
+        if device != "cuda":
+            skipped["liger_flce"] = skipped["cce"] = f"needs CUDA (device {device})"
+        else:
+            try:
+                from liger_kernel.transformers import LigerFusedLinearCrossEntropyLoss
+                flce = LigerFusedLinearCrossEntropyLoss()
+                impls["liger_flce"] = lambda h, w, t: flce(w, h, t)
+            except Exception as e:  # noqa: BLE001
+                skipped["liger_flce"] = f"liger_kernel not importable ({type(e).__name__})"
+            try:
+                from cut_cross_entropy import linear_cross_entropy
+                impls["cce"] = lambda h, w, t: linear_cross_entropy(h, w, t)
+            except Exception as e:  # noqa: BLE001
+                skipped["cce"] = f"cut_cross_entropy not importable ({type(e).__name__})"
+    return impls, skipped
+
+
+def make_linear_inputs(n, d, k, dtype, device, seed=0):
+    """hidden (N, D) ~ N(0, 1), weight (K, D) ~ N(0, 1/D), uniform labels."""
+    g = torch.Generator(device=device).manual_seed(seed)
+    gen_dtype = torch.float32 if device == "cpu" else dtype
+    h = torch.randn(n, d, generator=g, device=device, dtype=gen_dtype).to(dtype)
+    w = torch.randn(k, d, generator=g, device=device, dtype=gen_dtype).mul_(d ** -0.5).to(dtype)
+    t = torch.randint(0, k, (n,), generator=g, device=device)
+    return h, w, t
+
+
+def step_linear(fn, h, w, t):
+    """One forward+backward of a linear + loss, gradients of hidden and weight."""
+    hh = h.detach().requires_grad_(True)
+    ww = w.detach().requires_grad_(True)
+
+    def run():
+        hh.grad = ww.grad = None
+        loss = fn(hh, ww, t)
+        loss.backward()
+        return loss
+    run.leaves = (hh, ww)
+    return run
+
+
+def measure_linear(loss, impl, fn, h, w, t, device, *, memory=True, timing=None, deadline=None) -> dict:
+    """Median time and (CUDA, ``memory``) peak extra memory of one linear + loss
+    forward+backward; ``grads_mib`` is the size of the hidden and weight gradients that
+    the call leaves behind (included in ``peak_extra_mib``)."""
+    (n, d), k = h.shape, w.shape[0]
+    row = dict(loss=loss, impl=impl, dtype=dtype_name(h.dtype), n=n, d=d, k=k, mode="fwd+bwd")
+    run = None
+    try:
+        run = step_linear(fn, h, w, t)
+        sec, times = time_call(run, device, deadline=deadline, **(timing or {}))
+        row.update(ms=sec * 1e3, reps=len(times))
+        row["grads_mib"] = (h.numel() + w.numel()) * h.element_size() / 2**20
+        if memory and device == "cuda":
+            row["peak_extra_mib"] = peak_extra_cuda(run) / 2**20
+    except Exception as e:  # noqa: BLE001
+        row["error"] = "OOM" if _is_oom(e) else f"{type(e).__name__}: {str(e).strip()[:160]}"
+    finally:
+        if run is not None:
+            _clear_grads(run)
         del run
         free(device)
     return row

@@ -1,26 +1,57 @@
 #!/usr/bin/env bash
-# The project's GPU check, for a CUDA machine with torch and Triton but no network.
-# Runs from the source tree (nothing is installed): the whole test suite on CUDA
-# without the Triton interpreter, then the benchmark matrix. Everything lands in
-# benchmarks/results/<device>-<date>/. Steps can be run separately (each fits in the
-# 10 minutes a device command may take):
-#   bash benchmarks/gpu_check.sh tests | bench | all (default)
+# The project's GPU check, for a CUDA machine that has torch and Triton but no network.
+# Runs from the source tree root (nothing installed: PYTHONPATH=$PWD):
+#
+#     bash benchmarks/gpu_check.sh [all|tests|bench]      (default all)
+#
+# 1. nvidia-smi, versions and the git revision -> env.txt
+# 2. tests: the whole test suite with the Triton kernels compiled for the GPU
+#    (TRITON_INTERPRET unset): python -m pytest tests -x -q -> tests.txt
+# 3. bench: the full benchmark matrix, python benchmarks/run.py -> results.{md,json,png},
+#    bench.txt; run even when the tests failed.
+# Everything lands in benchmarks/results/<device-slug>-<date>/ (OUT=... overrides).
+# Exit status: 1 when the tests or the benchmark script failed, 0 otherwise.
+# Time: the benchmark bounds itself (run.py --budget, default 480 s + the case in
+# flight); the tests are capped at TEST_TIMEOUT seconds (default 900). About 20 minutes
+# for `all` on an H100; `tests` and `bench` each fit in a 10-minute slot.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
-what=${1:-all}
-slug=$(python -c "import re, torch; print(re.sub(r'[^a-z0-9]+', '-', torch.cuda.get_device_name().lower()).strip('-'))")
-out="benchmarks/results/${slug}-$(date +%F)"
+PY="${PYTHON:-python}"
+what="${1:-all}"
+case "$what" in all|tests|bench) ;; *) echo "usage: $0 [all|tests|bench]"; exit 2 ;; esac
+
+slug=$("$PY" -c "import re, torch; n = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'; print(re.sub(r'[^a-z0-9]+', '-', n.lower()).strip('-'))") \
+  || { echo "cannot import torch"; exit 2; }
+out="${OUT:-benchmarks/results/${slug}-$(date +%F)}"
 mkdir -p "$out"
-nvidia-smi > "$out/nvidia-smi.txt" 2>&1 || true
-python -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__, 'cuda', torch.version.cuda)" | tee "$out/versions.txt"
-status=0
-if [ "$what" = tests ] || [ "$what" = all ]; then
-  python -m pytest tests -q -p no:cacheprovider -x 2>&1 | tee "$out/tests.txt"
-  status=${PIPESTATUS[0]}
+echo "results folder: $out"
+{
+  nvidia-smi || echo "nvidia-smi: not available"
+  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__); print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA DEVICE')"
+  echo "git: $(git rev-parse HEAD 2>/dev/null || echo 'not a git checkout')"
+  git status --short 2>/dev/null | head -20
+} 2>&1 | tee "$out/env.txt"
+
+tests_rc=0
+bench_rc=0
+if [ "$what" = all ] || [ "$what" = tests ]; then
+  echo "== test suite (TRITON_INTERPRET unset) =="
+  start=$(date +%s)
+  timeout "${TEST_TIMEOUT:-900}" "$PY" -m pytest tests -x -q -p no:cacheprovider 2>&1 | tee "$out/tests.txt"
+  tests_rc=${PIPESTATUS[0]}
+  echo "tests: exit status $tests_rc after $(( $(date +%s) - start )) s" | tee -a "$out/tests.txt"
 fi
-if [ "$what" = bench ] || [ "$what" = all ]; then
-  python benchmarks/run.py --out "$out" 2>&1 | tee "$out/bench.txt"
+if [ "$what" = all ] || [ "$what" = bench ]; then
+  echo "== benchmarks =="
+  start=$(date +%s)
+  "$PY" benchmarks/run.py --out "$out" 2>&1 | tee "$out/bench.txt"
+  bench_rc=${PIPESTATUS[0]}
+  echo "benchmarks: exit status $bench_rc after $(( $(date +%s) - start )) s" | tee -a "$out/bench.txt"
 fi
-exit "$status"
+
+if [ "$tests_rc" -ne 0 ]; then echo "TESTS FAILED (exit status $tests_rc): $out/tests.txt"; fi
+if [ "$bench_rc" -ne 0 ]; then echo "BENCHMARK SCRIPT FAILED (exit status $bench_rc): $out/bench.txt"; fi
+[ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] || exit 1
+echo "all done: $out"

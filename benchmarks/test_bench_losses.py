@@ -1,42 +1,62 @@
-"""pytest-benchmark suite (not part of the unit tests):
+"""pytest-benchmark comparison of the implementations of a loss, side by side.
 
-    python -m pytest benchmarks --benchmark-group-by=param:case
+    python -m pytest benchmarks                                  # one table per case (benchmark.group)
+    python -m pytest benchmarks --benchmark-group-by=param:case  # the same grouping, by parameter
+    python -m pytest benchmarks -q --benchmark-disable           # only check that every case runs
 
-Each case (loss, dtype, N, K, mode) is one group, so the implementations (fused,
-eager reference, torch.compile, F.cross_entropy, Liger) sit side by side.
+Each test runs one implementation (fused, fused_torch, eager, compiled, torch_ce,
+liger) on one case (loss, dtype, N, K, mode); ``benchmark.group`` is the case, so the
+implementations of a case sit in one table. Small sizes on CPU, large on CUDA.
+Implementations that cannot run here are skipped with the reason and the device. Not
+part of the unit tests (``tests/``); the full matrix, with bandwidth and memory
+accounting, is ``python benchmarks/run.py``.
 """
+from __future__ import annotations
+
 import pytest
 import torch
 
-from benchmarks.common import implementations, make_inputs, step
+from benchmarks import common
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+LOSSES = ["anl_ce", "anl_fl", "nce_rce", "ce"]
 if DEVICE == "cuda":
-    CASES = [(loss, dt, 16384, k, mode) for loss in ("anl_ce", "anl_fl", "nce_rce", "ce")
-             for dt in (torch.bfloat16, torch.float32) for k in (32768, 131072) for mode in ("fwd+bwd", "fwd")]
-else:  # small sizes: the point on CPU is the comparison, not the absolute numbers
-    CASES = [(loss, torch.float32, 512, k, "fwd+bwd") for loss in ("anl_ce", "ce") for k in (1000, 8192)]
-IMPLS = ["fused", "fused_torch", "eager", "compiled", "torch_ce", "liger"]
+    CASES = [(loss, "bfloat16", n, k, mode) for loss in LOSSES for n, k in ((4096, 32768), (16384, 131072))
+             for mode in ("fwd+bwd", "fwd")]
+    ROUNDS, WARMUP = 10, 2
+else:  # small sizes: on CPU the point is the comparison, not the absolute numbers
+    CASES = [(loss, "float32", n, k, mode) for loss in LOSSES for n, k in ((512, 1000), (1024, 8192))
+             for mode in ("fwd+bwd", "fwd")]
+    ROUNDS, WARMUP = 3, 1
 
 
-def _id(c):
-    return f"{c[0]}-{str(c[1]).replace('torch.', '')}-N{c[2]}-K{c[3]}-{c[4]}"
+def _case_id(c):
+    return f"{c[0]}-{c[1]}-N{c[2]}-K{c[3]}-{c[4]}"
 
 
-@pytest.mark.parametrize("impl", IMPLS)
-@pytest.mark.parametrize("case", CASES, ids=[_id(c) for c in CASES])
+@pytest.mark.parametrize("impl", common.IMPL_ORDER)
+@pytest.mark.parametrize("case", CASES, ids=[_case_id(c) for c in CASES])
 def test_loss(benchmark, case, impl):
     loss, dtype, n, k, mode = case
-    impls = implementations(loss, DEVICE)
+    if impl in ("torch_ce", "liger") and loss != "ce":
+        pytest.skip(f"{impl} computes cross entropy only")
+    impls, skipped = common.implementations(loss, DEVICE)
     if impl not in impls:
-        pytest.skip(f"{impl} is not available for {loss} on this device ({DEVICE})")
-    z, t = make_inputs(n, k, dtype, DEVICE)
-    run = step(impls[impl], z, t, mode)
+        pytest.skip(f"{impl} on {DEVICE}: {skipped.get(impl, 'not available')}")
+    fn = common.compiled_fn(loss) if impl == "compiled" else impls[impl]
+    try:
+        z, t = common.make_inputs(n, k, common.DTYPES[dtype], DEVICE)
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip(f"inputs do not fit on {DEVICE}")
+    run = common.step(fn, z, t, mode)
 
-    def timed():
+    def target():
         run()
-        if DEVICE == "cuda":
-            torch.cuda.synchronize()
+        common.sync(DEVICE)
 
-    benchmark.extra_info.update(bytes=z.numel() * z.element_size() * (2 if mode == "fwd+bwd" else 1))
-    benchmark(timed)
+    benchmark.group = f"{_case_id(case)} ({DEVICE})"
+    benchmark.extra_info.update(impl=impl, bytes=common.case_bytes(n, k, z.dtype, mode))
+    try:
+        benchmark.pedantic(target, rounds=ROUNDS, warmup_rounds=WARMUP, iterations=1)
+    except torch.cuda.OutOfMemoryError:
+        pytest.skip(f"out of memory on {DEVICE}")
