@@ -47,6 +47,31 @@ def run(rank, world, port, names, backends, boundary_labels):
                     torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12, msg=tag)
                     torch.testing.assert_close(shard.grad, full.grad[:, rank * kl:(rank + 1) * kl],
                                                rtol=1e-10, atol=1e-12, msg=tag)
+        # collectives per forward: one all_gather, plus one all_reduce for lse-dependent sums
+        from fused_anl.kernels import _codes as C
+        counts = {"all_gather": 0, "all_reduce": 0}
+        originals = {name: getattr(dist, name) for name in counts}
+
+        def counting(name):
+            def wrapper(*a, **kw):
+                counts[name] += 1
+                return originals[name](*a, **kw)
+            return wrapper
+        for name in counts:
+            setattr(dist, name, counting(name))
+        try:
+            for name in names:
+                spec = fused_anl.LOSSES[name]
+                counts.update(all_gather=0, all_reduce=0)
+                shard = z[:, rank * kl:(rank + 1) * kl].clone().requires_grad_(True)
+                getattr(fused_anl, name)(shard, t, backend=backends[0],
+                                         process_group=dist.group.WORLD).backward()
+                expected = {"all_gather": 1,
+                            "all_reduce": int(C.needs_stats2(spec.active, spec.passive))}
+                assert counts == expected, (name, counts, expected)
+        finally:
+            for name, fn in originals.items():
+                setattr(dist, name, fn)
         # explicit class_start with unequal shards (rank 0 gets 3 classes)
         cuts = [0] + [3 + i * kl for i in range(world - 1)] + [k]
         lo, hi = cuts[rank], cuts[rank + 1]
