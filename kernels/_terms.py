@@ -85,11 +85,6 @@ def _focal_u(l, p, w, gamma, EXACT: tl.constexpr):
 
 
 @triton.jit
-def needs_stats2(ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
-    return (ACTIVE == A_NFL) or (PASSIVE == P_NNCE) or (PASSIVE == P_NNFL) or (PASSIVE == P_RCE)
-
-
-@triton.jit
 def load_row(z_ptr, base, cols, s_k, K, DT: tl.constexpr):
     """Columns [cols] of one row in the compute dtype; padding columns read as absent."""
     z = tl.load(z_ptr + base + cols.to(tl.int64) * s_k, mask=cols < K, other=NEG_INF)

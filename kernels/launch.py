@@ -101,7 +101,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
             z3, target, w_arg, hyper, den_arg, loss, g_arg,
             k, d, s_n, s_k, s_d, *g_strides, ignore_index,
             HAS_WEIGHT=weight is not None, MEAN=den is not None, COMPUTE_GRAD=compute_grad,
-            SINGLE=single, BLOCK_K=block, num_warps=_warps(block), **common,
+            SINGLE=single, NEEDS2=needs_stats2(active, passive), BLOCK_K=block,
+            num_warps=_warps(block), **common,
         )
         return loss, grad
     chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
@@ -122,7 +123,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
         z3, target, w_arg, hyper, den_arg, hyper, part1, part2, loss, g_arg,
         k, d, s_n, s_k, s_d, *g_strides, ignore_index, chunk, p, p,
         HAS_WEIGHT=weight is not None, MEAN=den is not None, SHARDED=False,
-        COMPUTE_GRAD=compute_grad, BLOCK_K=cfg.block_k, P_BLOCK=p_block, num_warps=warps,
+        COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=cfg.block_k,
+        P_BLOCK=p_block, num_warps=warps,
         **common,
     )
     return loss, grad
@@ -172,7 +174,7 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
             loss, g_arg, k, d, *z3.stride(), *(grad.stride() if grad is not None else (0, 0, 0)),
             ignore_index, k, parts1.shape[1], parts2.shape[1], ACTIVE=active, PASSIVE=passive,
             EXACT=exact, HAS_WEIGHT=True, MEAN=den is not None, SHARDED=True,
-            COMPUTE_GRAD=compute_grad, BLOCK_K=block,
+            COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=block,
             P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])), DT=_dt(z3),
             num_warps=_warps(block))
     return loss, grad

@@ -23,7 +23,6 @@ from ._terms import (
     epilogue,
     load_row,
     merge_stats1,
-    needs_stats2,
     stats1_block,
 )
 
@@ -125,8 +124,11 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                     K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
                     ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
-                    SINGLE: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
-    """One program per row: single-block or streaming path."""
+                    SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
+                    DT: tl.constexpr):
+    """One program per row: single-block or streaming path. NEEDS2: the loss has
+    lse-dependent sums (kernels/_codes.py needs_stats2), so the streaming path makes a
+    second pass over the row."""
     row = tl.program_id(0).to(tl.int64)
     base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
                                                s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
@@ -154,7 +156,7 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         B1 = tl.zeros((), DT)
         EB = tl.zeros((), DT)
         BC = tl.zeros((), DT)
-        if needs_stats2(ACTIVE, PASSIVE):
+        if NEEDS2:
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, K, 0, K, y, m, log_s, h_ptr,
                                                ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
@@ -233,7 +235,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
                         loss_ptr, g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, CHUNK,
                         NPART1, NPART2, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                         EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
-                        SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                        SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr, NEEDS2: tl.constexpr,
                         BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, DT: tl.constexpr):
     """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
     row's NPART1 stats1 and NPART2 stats2 partials."""
@@ -248,7 +250,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     B1 = tl.zeros((), DT)
     EB = tl.zeros((), DT)
     BC = tl.zeros((), DT)
-    if needs_stats2(ACTIVE, PASSIVE):
+    if NEEDS2:
         i = tl.arange(0, P_BLOCK)
         ptr = part2_ptr + (row * NPART2 + i) * 5
         A1 = tl.sum(tl.load(ptr, mask=i < NPART2, other=0.0), 0)
