@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from dataclasses import dataclass, replace
 
 import torch
@@ -26,6 +27,12 @@ class LaunchConfig:
     split_chunk: int = 32768  # columns per program in the split-row path
     split_max_rows: int = 256  # split rows only when there are at most this many rows
     max_chunks: int = 1024  # cap on chunks per row (the combine step loads them all)
+    elems_per_thread: int = 16  # block elements per thread: num_warps = block / (32 * this)
+    max_warps: int = 32  # num_warps is clamped to [4, max_warps] (32: 1024 threads)
+    # Streaming rows: 0 = one program per row; n > 0 = at most n programs per SM (a
+    # persistent grid), so that fewer rows are streamed at once and their re-reads are
+    # more likely to hit L2. Off until a GPU sweep (benchmarks/tune.py) says otherwise.
+    programs_per_sm: int = 0
 
 
 _config = LaunchConfig()
@@ -47,17 +54,72 @@ def config(**overrides):
         _config = old
 
 
-def _warps(block: int) -> int:
-    return 4 if block <= 2048 else (8 if block <= 8192 else 16)
+def _warps(block: int, cfg: LaunchConfig | None = None) -> int:
+    cfg = cfg or _config
+    return max(4, min(cfg.max_warps, block // (32 * cfg.elems_per_thread)))
 
 
-def choose_path(rows: int, k: int, cfg: LaunchConfig | None = None) -> str:
+def row_vec(z3, grad=None) -> int:
+    """Elements per 16 bytes (the widest load) if every row of ``z3`` and ``grad``
+    ((N, K, D) views) starts at a multiple of it and K is one too, else the largest power
+    of two that does (1 for strided rows). The kernels pass it to the compiler as a
+    divisibility fact (kernels/row_loss.py ``_aligned``); it must be exact, so it is
+    computed from the strides, never assumed.
+    """
+    n, k, d = z3.shape
+    if z3.stride(1) != 1 or (grad is not None and grad.stride(1) != 1):
+        return 1
+    offsets = [k, z3.stride(0)] + ([z3.stride(2)] if d > 1 else [])
+    if grad is not None:
+        offsets += [grad.stride(0)] + ([grad.stride(2)] if d > 1 else [])
+    vec = 16 // z3.element_size()
+    if grad is not None:
+        vec = min(vec, 16 // grad.element_size())
+    while vec > 1 and any(x % vec for x in offsets):
+        vec //= 2
+    return vec
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How row_loss runs rows of K classes: the path, its block, warps and, for split
+    rows, the columns per program and the number of chunks."""
+
+    path: str  # "single" | "stream" | "split"
+    block: int
+    num_warps: int
+    chunk: int = 0
+    chunks: int = 1
+    grid: int = 0  # streaming with a persistent grid: its number of programs (0: one per row)
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere: the interpreter)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 1
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1) -> Plan:
+    """The launch plan under ``cfg`` (default: the current config) on a device with
+    ``sms`` SMs. ``inplace``: the gradient overwrites the logits, which rules out split
+    rows."""
     cfg = cfg or _config
     if k <= cfg.max_single_k:
-        return "single"
-    if rows <= cfg.split_max_rows and k > cfg.split_chunk:
-        return "split"
-    return "stream"
+        block = triton.next_power_of_2(k)
+        return Plan("single", block, _warps(block, cfg))
+    if rows <= cfg.split_max_rows and k > cfg.split_chunk and not inplace:
+        chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
+        chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
+        return Plan("split", cfg.block_k, _warps(cfg.block_k, cfg), chunk, triton.cdiv(k, chunk))
+    grid = min(rows, sms * cfg.programs_per_sm) if cfg.programs_per_sm else 0
+    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg), grid=grid if grid < rows else 0)
 
 
 def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_index,
@@ -89,41 +151,35 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     w_arg = weight if weight is not None else hyper
     den_arg = den if den is not None else hyper
     s_n, s_k, s_d = z3.stride()
-    common = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=dt)
-    cfg = _config
-    path = choose_path(rows, k, cfg)
-    if path == "split" and out is not None and out.data_ptr() == z3.data_ptr():
-        path = "stream"
-    if path in ("single", "stream"):
-        single = path == "single"
-        block = triton.next_power_of_2(k) if single else cfg.block_k
-        row_loss_kernel[(rows,)](
+    common = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=dt, VEC=row_vec(z3, grad))
+    pl = plan(rows, k, inplace=out is not None and out.data_ptr() == z3.data_ptr(),
+              sms=sm_count(z3.device))
+    if pl.path in ("single", "stream"):
+        row_loss_kernel[(pl.grid or rows,)](
             z3, target, w_arg, hyper, den_arg, loss, g_arg,
-            k, d, s_n, s_k, s_d, *g_strides, ignore_index,
+            k, d, s_n, s_k, s_d, *g_strides, ignore_index, rows,
             HAS_WEIGHT=weight is not None, MEAN=den is not None, COMPUTE_GRAD=compute_grad,
-            SINGLE=single, NEEDS2=needs_stats2(active, passive), BLOCK_K=block,
-            num_warps=_warps(block), **common,
+            SINGLE=pl.path == "single", NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block,
+            PERSISTENT=pl.grid > 0, num_warps=pl.num_warps, **common,
         )
         return loss, grad
-    chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
-    chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
-    p = triton.cdiv(k, chunk)
+    chunk, p, warps = pl.chunk, pl.chunks, pl.num_warps
     p_block = triton.next_power_of_2(p)
     part1 = torch.empty((rows, p, 4), dtype=cdtype, device=z3.device)
-    warps = _warps(cfg.block_k)
     split_stats1_kernel[(rows, p)](
-        z3, part1, k, d, s_n, s_k, s_d, chunk, BLOCK_K=cfg.block_k, DT=dt, num_warps=warps)
+        z3, part1, k, d, s_n, s_k, s_d, chunk, BLOCK_K=pl.block, DT=dt, VEC=common["VEC"],
+        num_warps=warps)
     part2 = part1
     if needs_stats2(active, passive):
         part2 = torch.empty((rows, p, 5), dtype=cdtype, device=z3.device)
         split_stats2_kernel[(rows, p)](
             z3, target, hyper, part1, part2, k, d, s_n, s_k, s_d, chunk, p,
-            BLOCK_K=cfg.block_k, P_BLOCK=p_block, num_warps=warps, **common)
+            BLOCK_K=pl.block, P_BLOCK=p_block, num_warps=warps, **common)
     split_finish_kernel[(rows, p if compute_grad else 1)](
         z3, target, w_arg, hyper, den_arg, hyper, part1, part2, loss, g_arg,
         k, d, s_n, s_k, s_d, *g_strides, ignore_index, chunk, p, p,
         HAS_WEIGHT=weight is not None, MEAN=den is not None, SHARDED=False,
-        COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=cfg.block_k,
+        COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block,
         P_BLOCK=p_block, num_warps=warps,
         **common,
     )
@@ -143,7 +199,7 @@ def shard_stats1(z3):
     if n * d:
         block = min(_config.block_k, triton.next_power_of_2(k))
         split_stats1_kernel[(n * d, 1)](z3, part, k, d, *z3.stride(), k, BLOCK_K=block,
-                                        DT=_dt(z3), num_warps=_warps(block))
+                                        DT=_dt(z3), VEC=row_vec(z3), num_warps=_warps(block))
     return part
 
 
@@ -156,7 +212,8 @@ def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
         split_stats2_kernel[(n * d, 1)](
             z3, y_local, hyper, parts1, part2, k, d, *z3.stride(), k, parts1.shape[1],
             ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=block,
-            P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), num_warps=_warps(block))
+            P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), VEC=row_vec(z3),
+            num_warps=_warps(block))
     return part2
 
 
@@ -176,7 +233,7 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
             EXACT=exact, HAS_WEIGHT=True, MEAN=den is not None, SHARDED=True,
             COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=block,
             P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])), DT=_dt(z3),
-            num_warps=_warps(block))
+            VEC=row_vec(z3, grad), num_warps=_warps(block))
     return loss, grad
 
 

@@ -28,17 +28,35 @@ from ._terms import (
 
 
 @triton.jit
+def _aligned(x, VEC: tl.constexpr):
+    """x, which the launcher checked is a multiple of VEC, written so the compiler sees it.
+
+    VEC is the number of elements in 16 bytes when the rows are contiguous and every
+    row start (and K) is a multiple of it, else 1. Triton only learns divisibility from
+    arguments divisible by 16, so without this a row of K = 1000 bf16 logits, which
+    does start on a 16-byte boundary, would be read with 2-byte loads.
+    """
+    return x // VEC * VEC
+
+
+@triton.jit
+def _row_base(row, D, s_n, s_d, VEC: tl.constexpr):
+    """Offset of row ``(n, :, d)`` of an (N, K, D) view, for a flat row index n * D + d."""
+    n = row // D
+    return _aligned(n * s_n + (row - n * D) * s_d, VEC)
+
+
+@triton.jit
 def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
                HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SHARDED: tl.constexpr,
-               DT: tl.constexpr):
+               VEC: tl.constexpr, DT: tl.constexpr):
     """Row base offset, label, label logit, validity and gradient scale of one row.
 
     SHARDED (class-parallel): the label logit and the row's class weight were
     gathered across ranks beforehand (zy_ptr, w_ptr hold one value per row) and the
     label is shard-local (it may fall outside [0, K)).
     """
-    n = row // D
-    base = n * s_n + (row - n * D) * s_d
+    base = _row_base(row, D, s_n, s_d, VEC)
     y = tl.load(t_ptr + row).to(tl.int64)
     valid = y != ignore_index
     if SHARDED:
@@ -61,7 +79,7 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
 
 
 @triton.jit
-def _chunk_stats1(z_ptr, base, s_k, K, lo, hi, BLOCK_K: tl.constexpr, DT: tl.constexpr):
+def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, DT: tl.constexpr):
     m = tl.full((), NEG_INF, DT)
     s = tl.zeros((), DT)
     d = tl.zeros((), DT)
@@ -75,7 +93,7 @@ def _chunk_stats1(z_ptr, base, s_k, K, lo, hi, BLOCK_K: tl.constexpr, DT: tl.con
 
 
 @triton.jit
-def _chunk_stats2(z_ptr, base, s_k, K, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
+def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
                   PASSIVE: tl.constexpr, EXACT: tl.constexpr, BLOCK_K: tl.constexpr,
                   DT: tl.constexpr):
     A1 = tl.zeros((), DT)
@@ -107,7 +125,7 @@ def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b):
 
 
 @triton.jit
-def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, hi, y, m, log_s, valid, scale,
+def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
     for start in range(lo, hi, BLOCK_K):
@@ -121,20 +139,43 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, hi, y, m, log_s, val
 
 @triton.jit
 def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
-                    K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
+                    K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ROWS,
                     ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                     SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-                    DT: tl.constexpr):
-    """One program per row: single-block or streaming path. NEEDS2: the loss has
+                    PERSISTENT: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
+    """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
+    fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
+    streamed at once, hence the bytes the streaming path's re-reads need to find in L2
+    (kernels/launch.py ``LaunchConfig.programs_per_sm``). NEEDS2: the loss has
     lse-dependent sums (kernels/_codes.py needs_stats2), so the streaming path makes a
     second pass over the row."""
+    K = _aligned(K, VEC)
     row = tl.program_id(0).to(tl.int64)
+    if PERSISTENT:
+        grid = tl.num_programs(0)
+        for i in range(0, tl.cdiv(ROWS - tl.program_id(0), grid)):
+            _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, K, D,
+                     s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
+                     HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, DT)
+    else:
+        _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr,
+                 g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
+                 HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, DT)
+
+
+@triton.jit
+def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+             K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
+             ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
+             HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+             SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
+             VEC: tl.constexpr, DT: tl.constexpr):
+    """Loss and gradient of one row (K already passed through _aligned)."""
     base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
                                                s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
-                                               False, DT)
-    n = row // D
-    gbase = n * g_n + (row - n * D) * g_d
+                                               False, VEC, DT)
+    gbase = _row_base(row, D, g_n, g_d, VEC)
     if SINGLE:
         cols = tl.arange(0, BLOCK_K)
         z = load_row(z_ptr, base, cols, s_k, K, DT)
@@ -149,7 +190,7 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
             tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
                      g.to(g_ptr.dtype.element_ty), mask=cols < K)
     else:
-        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, K, 0, K, BLOCK_K, DT)
+        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, BLOCK_K, DT)
         log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
@@ -157,12 +198,12 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         EB = tl.zeros((), DT)
         BC = tl.zeros((), DT)
         if NEEDS2:
-            A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, K, 0, K, y, m, log_s, h_ptr,
+            A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
                                                ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, 0, K, y, m, log_s, valid, scale,
+            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
                         c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
     tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
 
@@ -189,14 +230,14 @@ def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
 
 @triton.jit
 def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
-                        BLOCK_K: tl.constexpr, DT: tl.constexpr):
+                        BLOCK_K: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     P = tl.num_programs(1)
-    n = row // D
-    base = n * s_n + (row - n * D) * s_d
+    K = _aligned(K, VEC)
+    base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
-    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, DT)
+    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, DT)
     ptr = part_ptr + (row * P + pid) * 4
     tl.store(ptr, m)
     tl.store(ptr + 1, s)
@@ -208,19 +249,19 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
 def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_k, s_d, CHUNK,
                         NPART1, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                         EXACT: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr,
-                        DT: tl.constexpr):
+                        VEC: tl.constexpr, DT: tl.constexpr):
     """stats2 partials of chunk pid; the row's NPART1 stats1 partials are combined first
     (NPART1 = number of chunks, or of ranks for class-parallel shards)."""
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     P = tl.num_programs(1)
-    n = row // D
-    base = n * s_n + (row - n * D) * s_d
+    K = _aligned(K, VEC)
+    base = _row_base(row, D, s_n, s_d, VEC)
     y = tl.load(t_ptr + row).to(tl.int64)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     log_s = tl.log(s)
     lo = pid * CHUNK
-    A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, K, lo, tl.minimum(lo + CHUNK, K), y, m,
+    A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), y, m,
                                        log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
     ptr = part2_ptr + (row * P + pid) * 5
     tl.store(ptr, A1)
@@ -236,14 +277,16 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
                         NPART1, NPART2, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                         EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
                         SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr, NEEDS2: tl.constexpr,
-                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, DT: tl.constexpr):
+                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, VEC: tl.constexpr,
+                        DT: tl.constexpr):
     """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
     row's NPART1 stats1 and NPART2 stats2 partials."""
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
+    K = _aligned(K, VEC)
     base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n,
                                                s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
-                                               SHARDED, DT)
+                                               SHARDED, VEC, DT)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
@@ -263,8 +306,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     if pid == 0:
         tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
     if COMPUTE_GRAD:
-        n = row // D
-        gbase = n * g_n + (row - n * D) * g_d
+        gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
-        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, K, lo, tl.minimum(lo + CHUNK, K), y, m, log_s, valid,
+        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m, log_s, valid,
                     scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)

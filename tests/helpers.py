@@ -55,8 +55,18 @@ def edge_case_batch(n, k, *, scale=3.0, dtype=torch.float32, device="cpu", seed=
     return z.to(dtype).to(device), t.to(device)
 
 
+def same_layout_copy(z):
+    """A copy of z with z's strides and storage offset (``clone`` would make a slice or a
+    transposed view contiguous, so a kernel test would never see the caller's layout)."""
+    buf = torch.empty(z.untyped_storage().nbytes() // z.element_size(), dtype=z.dtype,
+                      device=z.device)
+    out = buf.as_strided(z.shape, z.stride(), z.storage_offset())
+    out.copy_(z.detach())
+    return out
+
+
 def loss_and_grad(fn, z, t, **kw):
-    z = z.detach().clone().requires_grad_(True)
+    z = same_layout_copy(z).requires_grad_(True)
     out = fn(z, t, **kw)
     (g,) = torch.autograd.grad(out.sum(), z)
     return out.detach(), g

@@ -127,6 +127,29 @@ def test_non_contiguous_logits_are_read_in_place_and_untouched(backend):
     assert torch.equal(z, before), "the caller's logits must not change"
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
+def test_aligned_row_views_every_path(dtype, kernel_path):
+    """Rows whose starts are multiples of 16 bytes, where the kernels are told so (VEC > 1,
+    kernels/launch.py row_vec): a plain batch, a column slice of wider rows, a row slice,
+    and (N, D, K) logits seen as (N, K, D). A wrong divisibility claim would shift the rows
+    read (the interpreter executes the same index arithmetic), so this checks the claim."""
+    from fused_anl.kernels.launch import row_vec
+
+    z0, t0 = edge_case_batch(8, 24, dtype=torch.float64, device=DEVICE, seed=11)
+    z0 = z0.to(dtype)  # views are made after the cast (a cast would copy them)
+    wide = torch.randn(9, 40, device=DEVICE).to(dtype)
+    wide[1:, :24] = z0
+    odd = torch.randn(8, 43, device=DEVICE).to(dtype)  # row starts 43 apart: 1 (mod 2)
+    odd[:, :24] = z0
+    nd = (torch.randn(4, 2, 24, device=DEVICE) * 3).to(dtype)
+    views = [(z0, t0, True), (wide[1:, :24], t0, True), (odd[:, :24], t0, False),
+             (nd.transpose(1, 2), t0[:8].view(4, 2), True)]
+    for z, t, aligned in views:
+        assert (row_vec(z.unsqueeze(-1) if z.dim() == 2 else z) > 1) == aligned
+        v, g = _fused("anl_ce", z, t, "triton", reduction="none")
+        assert_close_to_reference("anl_ce", z, t, value=v, grad=g, reduction="none")
+
+
 @pytest.mark.parametrize("backend", ["triton", "torch"])
 @pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
 def test_all_rows_ignored(backend, reduction):
