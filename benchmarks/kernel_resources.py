@@ -26,6 +26,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import re
@@ -151,12 +152,11 @@ def compile_case(loss: str, dtype, rows: int, k: int, *, grad=True, arch=90, wei
     kw = dict(active=spec.active, passive=spec.passive, exact=exact)
     with compiling_for(arch) as compiled, launch.config(**(config or {})):
         if sharded:
-            p1 = launch.shard_stats1(z3)
+            launch.shard_stats1(z3)
             parts1 = torch.empty((rows * d, 2, 4), dtype=cd)  # two ranks
-            p2 = launch.shard_stats2(z3, t, h, parts1, **kw)
-            del p1, p2
-            launch.shard_finish(z3, t, torch.ones(rows * d, dtype=cd), torch.zeros(rows * d, dtype=cd),
-                                h, torch.ones(1, dtype=cd), parts1,
+            launch.shard_stats2(z3, t, h, parts1, **kw)
+            launch.shard_finish(z3, t, torch.ones(rows * d, dtype=cd),
+                                torch.zeros(rows * d, dtype=cd), h, torch.ones(1, dtype=cd), parts1,
                                 torch.empty((rows * d, 2, 5), dtype=cd), ignore_index=-100,
                                 compute_grad=grad, **kw)
         else:
@@ -204,7 +204,8 @@ def cases(quick: bool):
     out.append(("anl_fl", torch.float32, 4096, single_k, dict(exact=True, weight=True)))
     out.append(("anl_ce", torch.bfloat16, 4096, 4 * c.block_k, dict(sharded=True)))
     for loss in ("anl_ce", "ce"):  # streaming on a persistent grid (1 "SM" here: 2 programs)
-        out.append((loss, torch.bfloat16, 4096, 4 * c.block_k, dict(config=dict(programs_per_sm=2))))
+        out.append((loss, torch.bfloat16, 4096, 4 * c.block_k,
+                    dict(config=dict(programs_per_sm=2))))
     out.append(("anl_ce", torch.float64, 64, 4 * c.block_k, {}))  # gradcheck dtype: compiles
     return out
 
@@ -244,15 +245,57 @@ def summary(rows) -> str:
             f"lowest occupancy: {min(r['occupancy'] for r in rows):.2f}")
 
 
+def warps_sweep(arch=90, losses=("ce", "anl_ce", "anl_fl", "nfl_rce"), epts=(8, 16, 32)):
+    """Registers and occupancy of the single path (K = 2048..8192) and the streaming path
+    (block 2048..8192) for several elements per thread (LaunchConfig.elems_per_thread)."""
+    rows = []
+    for loss, dt, ept in itertools.product(losses, (torch.bfloat16, torch.float32), epts):
+        for k, over in [(k, {}) for k in (2048, 4096, 8192)] + [
+                (32768, dict(block_k=b, max_single_k=1024)) for b in (2048, 4096, 8192)]:
+            for r in compile_case(loss, dt, 4096, k, arch=arch,
+                                  config=dict(elems_per_thread=ept, max_warps=32, **over)):
+                rows.append(dict(r, elems_per_thread=ept))
+    return rows
+
+
+def warps_table(rows) -> str:
+    cells = {}
+    for r in rows:
+        if r["kernel"] == "row_loss_kernel":
+            cells.setdefault((r["loss"], r["dtype"], r["path"], r["block_k"]), {})[
+                r["elems_per_thread"]] = f"{r['num_warps']}w {r['regs']}r {r['occupancy']:.2f}"
+    epts = sorted({r["elems_per_thread"] for r in rows})
+    out = ("| loss | dtype | path | block | " + " | ".join(f"{e} per thread" for e in epts)
+           + " |\n|" + "---|" * (4 + len(epts)) + "\n")
+    for (loss, dt, path, block), v in cells.items():
+        out += (f"| {loss} | {dt} | {path} | {block} | "
+                + " | ".join(v.get(e, "") for e in epts) + " |\n")
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--arch", type=int, default=90, choices=sorted(SM))
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--out", help="folder for resources.md / resources.json")
     ap.add_argument("--json", help="write the rows to this JSON file")
+    ap.add_argument("--warps-sweep", action="store_true",
+                    help="instead: registers/occupancy per elems_per_thread (warps-sm<arch>.md)")
     a = ap.parse_args(argv)
+    if a.warps_sweep:
+        text = (f"# Warps per block, sm_{a.arch} ({datetime.date.today()}, "
+                f"triton {triton.__version__})"
+                "\n\nEach cell: num_warps, registers per thread, theoretical occupancy.\n\n"
+                + warps_table(warps_sweep(a.arch)))
+        print(text)
+        if a.out:
+            os.makedirs(a.out, exist_ok=True)
+            with open(os.path.join(a.out, f"warps-sm{a.arch}.md"), "w") as f:
+                f.write(text)
+        return
     rows = run(a.arch, a.quick)
-    text = f"# Kernel resources, sm_{a.arch} ({datetime.date.today()}, triton {triton.__version__})\n\n"
+    text = (f"# Kernel resources, sm_{a.arch} ({datetime.date.today()}, "
+            f"triton {triton.__version__})\n\n")
     text += f"LaunchConfig: {launch.get_config()}\n\n{summary(rows)}\n\n{table(rows)}"
     print(summary(rows))
     if a.out:

@@ -46,7 +46,7 @@ CANDIDATES = dict(max_single_k=(4096, 8192, 16384), block_k=(4096, 8192, 16384),
                   elems_per_thread=(8, 16), programs_per_sm=(0, 1, 2, 4))
 ROWS_KS = (1000, 8192, 16384, 32768, 131072, 262144)
 SPLIT = dict(rows=(16, 64, 256, 1024), k=262144, chunks=(16384, 32768, 65536), base={})
-SMOKE = dict(candidates=dict(max_single_k=(16, 32), block_k=(8, 16), elems_per_thread=(1, 2),
+SMOKE = dict(candidates=dict(max_single_k=(16, 32), block_k=(8, 16), elems_per_thread=(1,),
                              programs_per_sm=(0, 2)),
              ks=(24, 100), rows=8,
              split=dict(rows=(2, 8), k=200, chunks=(32, 64), base=dict(max_single_k=16, block_k=8)))
@@ -58,8 +58,8 @@ def rows_for(k: int) -> int:
 
 
 class Timer:
-    def __init__(self, device, budget_s):
-        self.device = device
+    def __init__(self, device, budget_s, reps=dict(warmup=2, min_reps=5, max_reps=20, target_s=0.2)):
+        self.device, self.reps = device, reps
         self.deadline = time.monotonic() + budget_s if budget_s else None
         self.cache = {}
         self.inputs = (None, None)
@@ -85,8 +85,7 @@ class Timer:
                 launch.row_loss(z3, t, None, h, den, active=spec.active, passive=spec.passive,
                                 exact=False, ignore_index=-100, compute_grad=True)
             with launch.config(**_fields(cfg)):
-                sec, _ = C.time_call(call, self.device, warmup=2, min_reps=5, max_reps=20,
-                                     target_s=0.2)
+                sec, _ = C.time_call(call, self.device, **self.reps)
             self.cache[key] = sec
         return self.cache[key]
 
@@ -169,7 +168,8 @@ def report(device_name, sms, names, configs, results, rec_i, score, split_rows, 
         bw = 2 * n * k * 2 / sec
         lines.append(f"| {loss} | {n} | {k} | " + " | ".join(str(getattr(cfg, f)) for f in names)
                      + f" | {pl.path} {pl.block}/{pl.num_warps}w"
-                     + (f" grid {pl.grid}" if pl.grid else "") + f" | {sec * 1e3:.3f} | {bw / 1e9:.0f} | "
+                     + (f" grid {pl.grid}" if pl.grid else "")
+                     + f" | {sec * 1e3:.3f} | {bw / 1e9:.0f} | "
                      + (f"{bw / copy_bw:.2f}" if copy_bw else "-") + " |")
     if rec_i is not None:
         rec = configs[rec_i]
@@ -181,7 +181,8 @@ def report(device_name, sms, names, configs, results, rec_i, score, split_rows, 
             lines.append(f"Current default: {score[cur[0]]:.3f}")
     if split_rows:
         lines += ["", f"## Few long rows (K = {split_rows[0]['k']})", "",
-                  "| loss | rows | stream ms | " + " | ".join(f"split {c} ms" for c in split_rows[0]["split_s"]) + " |",
+                  "| loss | rows | stream ms | "
+                  + " | ".join(f"split {c} ms" for c in split_rows[0]["split_s"]) + " |",
                   "|---|---|---|" + "---|" * len(split_rows[0]["split_s"])]
         for r in split_rows:
             lines.append(f"| {r['loss']} | {r['rows']} | {r['stream_s'] * 1e3:.3f} | "
@@ -201,7 +202,8 @@ def main(argv=None):
     if device == "cpu" and not a.smoke:
         raise SystemExit("tune.py times GPU kernels: run it on a CUDA machine (or --smoke)")
     losses = a.losses.split(",")
-    timer = Timer(device, a.budget)
+    timer = Timer(device, a.budget, **(dict(reps=dict(warmup=1, min_reps=1, max_reps=1))
+                                       if a.smoke else {}))
     if a.smoke:
         cands, ks, rows, split = SMOKE["candidates"], SMOKE["ks"], SMOKE["rows"], SMOKE["split"]
     else:
@@ -215,7 +217,8 @@ def main(argv=None):
     configs, results, cut = sweep_rows(timer, losses, cands, ks, rows)
     rec_i, score = recommend(configs, results)
     split_rows, split_rec = sweep_split(timer, losses[0], split)
-    text = report(name, launch.sm_count(device), list(cands), configs, results, rec_i, score, split_rows, split_rec, copy_bw,
+    text = report(name, launch.sm_count(device), list(cands), configs, results, rec_i, score,
+                  split_rows, split_rec, copy_bw,
                   cut or timer.out_of_time())
     print(text)
     slug = re.sub(r"[^a-z0-9]+", "-", name.split(" (")[0].lower()).strip("-")

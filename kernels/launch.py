@@ -27,12 +27,17 @@ class LaunchConfig:
     split_chunk: int = 32768  # columns per program in the split-row path
     split_max_rows: int = 256  # split rows only when there are at most this many rows
     max_chunks: int = 1024  # cap on chunks per row (the combine step loads them all)
-    elems_per_thread: int = 16  # block elements per thread: num_warps = block / (32 * this)
+    # Block elements per thread: num_warps = block / (32 * this). 16 (16 warps at 8192):
+    # at 32 (the old 8 warps at 8192) the heaviest losses sat at the 255-register cap with
+    # 1 block of 8 warps per SM on sm_90; at 16 none needs more than ~130 registers or
+    # spills (benchmarks/kernel_resources.py, results/static-sm90-*). Time: tune.py.
+    elems_per_thread: int = 16
     max_warps: int = 32  # num_warps is clamped to [4, max_warps] (32: 1024 threads)
     # Streaming rows: 0 = one program per row; n > 0 = at most n programs per SM (a
     # persistent grid), so that fewer rows are streamed at once and their re-reads are
     # more likely to hit L2. Off until a GPU sweep (benchmarks/tune.py) says otherwise.
     programs_per_sm: int = 0
+    sms: int = 0  # SMs to plan the persistent grid for (0: the device's; tests set 1)
 
 
 _config = LaunchConfig()
@@ -108,8 +113,8 @@ def _sm_count(index: int) -> int:
 
 def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1) -> Plan:
     """The launch plan under ``cfg`` (default: the current config) on a device with
-    ``sms`` SMs. ``inplace``: the gradient overwrites the logits, which rules out split
-    rows."""
+    ``sms`` SMs (``cfg.sms`` overrides it). ``inplace``: the gradient overwrites the
+    logits, which rules out split rows."""
     cfg = cfg or _config
     if k <= cfg.max_single_k:
         block = triton.next_power_of_2(k)
@@ -118,7 +123,7 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
         chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
         chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
         return Plan("split", cfg.block_k, _warps(cfg.block_k, cfg), chunk, triton.cdiv(k, chunk))
-    grid = min(rows, sms * cfg.programs_per_sm) if cfg.programs_per_sm else 0
+    grid = min(rows, (cfg.sms or sms) * cfg.programs_per_sm) if cfg.programs_per_sm else 0
     return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg), grid=grid if grid < rows else 0)
 
 

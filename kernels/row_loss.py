@@ -308,5 +308,6 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     if COMPUTE_GRAD:
         gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
-        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m, log_s, valid,
+        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m,
+                    log_s, valid,
                     scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)

@@ -28,8 +28,8 @@ PATHS = {
     "single": dict(),
     "stream": dict(max_single_k=16, block_k=8),
     "split": dict(max_single_k=16, block_k=8, split_chunk=16, split_max_rows=1 << 30),
-    # streaming on a persistent grid: 3 programs (x 1 "SM" off CUDA) walk all the rows
-    "persistent": dict(max_single_k=16, block_k=8, programs_per_sm=3),
+    # streaming on a persistent grid: 3 programs walk the rows (sms=1: on a GPU too)
+    "persistent": dict(max_single_k=16, block_k=8, programs_per_sm=3, sms=1),
 }
 
 

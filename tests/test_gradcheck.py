@@ -19,6 +19,7 @@ SMALL_PATHS = {
     "single": dict(),
     "stream": dict(max_single_k=2, block_k=2),
     "split": dict(max_single_k=2, block_k=2, split_chunk=2, split_max_rows=1 << 30),
+    "persistent": dict(max_single_k=2, block_k=2, programs_per_sm=2, sms=1),  # 2 programs, 3 rows
 }
 
 
@@ -44,7 +45,7 @@ def test_gradcheck_triton_single_block(name):
     _check(name, "triton")
 
 
-@pytest.mark.parametrize("path", ["stream", "split"])
+@pytest.mark.parametrize("path", ["stream", "split", "persistent"])
 @pytest.mark.parametrize("name", ["anl_ce", "nce", "nnce", "anl_fl", "nce_rce", "nfl_rce", "nce_agce"])
 def test_gradcheck_triton_multi_block_paths(name, path):
     with launch.config(**SMALL_PATHS[path]):
