@@ -23,6 +23,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 unset TRITON_INTERPRET
+# optional baselines carried as wheels (benchmarks/fetch_baselines.sh): Liger, CCE
+if ls .whl/*.whl >/dev/null 2>&1; then
+  "${PYTHON:-python}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+fi
 PY="${PYTHON:-python}"
 what="${1:-all}"
 case "$what" in all|tests|bench|tune) ;; *) echo "usage: $0 [all|tests|bench|tune]"; exit 2 ;; esac

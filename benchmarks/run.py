@@ -144,6 +144,12 @@ def run_tasks(tasks, device, deadline, *, linear=None, memory_cpu=None):
             r["copy_gbps"] = copy_bw / 1e9
             if name == "fused":
                 r["backend"] = C.fused_backend(device)
+                if r["backend"] == "triton":  # which kernel path and launch shape ran
+                    from fused_anl.kernels import launch
+                    pl = launch.plan(n, k, sms=launch.sm_count(device))
+                    r["plan"] = (f"{pl.path} block {pl.block}, {pl.num_warps} warps"
+                                 + (f", grid {pl.grid}" if pl.grid else "")
+                                 + (f", {pl.chunks} chunks" if pl.path == "split" else ""))
             rows.append(r)
             print(line(r), flush=True)
         del z, t
@@ -268,7 +274,7 @@ def table(rows):
             continue
         note = r.get("error") or r.get("skipped") or ""
         if r["impl"] == "fused" and "backend" in r:
-            note = f"backend {r['backend']}"
+            note = f"backend {r['backend']}" + (f" ({r['plan']})" if "plan" in r else "")
         if "mem_error" in r:
             note += f" memory: {r['mem_error']}"
         out.append("| " + " | ".join([

@@ -84,8 +84,15 @@ class Timer:
             def call():
                 launch.row_loss(z3, t, None, h, den, active=spec.active, passive=spec.passive,
                                 exact=False, ignore_index=-100, compute_grad=True)
-            with launch.config(**_fields(cfg)):
-                sec, _ = C.time_call(call, self.device, **self.reps)
+            try:
+                with launch.config(**_fields(cfg)):
+                    sec, _ = C.time_call(call, self.device, **self.reps)
+            except Exception as e:  # a plan that does not compile or run: never recommended
+                print(f"{loss} rows={rows} K={k} {key[-1]}: {type(e).__name__}: {e}"[:400],
+                      file=sys.stderr)
+                sec = float("inf")
+                if self.device == "cuda":
+                    torch.cuda.synchronize()
             self.cache[key] = sec
         return self.cache[key]
 
@@ -115,7 +122,8 @@ def recommend(configs, results):
     by_case = {}
     for loss, n, k, i, sec in results:
         by_case.setdefault((loss, n, k), {})[i] = sec
-    full = {c: v for c, v in by_case.items() if len(v) == len(configs)}
+    full = {c: v for c, v in by_case.items()
+            if len(v) == len(configs) and math.isfinite(min(v.values()))}
     if not full:
         return None, {}
     score = {i: math.exp(sum(math.log(v[i] / min(v.values())) for v in full.values()) / len(full))

@@ -6,7 +6,7 @@ import fused_anl
 from fused_anl import _torch_backend
 from fused_anl.kernels import launch
 
-from conftest import DEVICE, PATHS
+from conftest import DEVICE, PATHS, PERSISTENT
 from helpers import assert_close_to_reference, edge_case_batch, loss_and_grad
 
 ALL = sorted(fused_anl.LOSSES)
@@ -20,7 +20,7 @@ IMPLS = [f"triton-{p}" for p in PATHS] + ["torch"]
 def _fused(name, z, t, backend, **kw):
     """backend: "triton", "torch", or "triton-<path>" to force a kernel path."""
     if backend.startswith("triton-"):
-        with launch.config(**PATHS[backend.split("-", 1)[1]]):
+        with launch.config(**dict(PATHS, persistent=PERSISTENT)[backend.split("-", 1)[1]]):
             return loss_and_grad(getattr(fused_anl, name), z, t, backend="triton", **kw)
     return loss_and_grad(getattr(fused_anl, name), z, t, backend=backend, **kw)
 
@@ -125,6 +125,14 @@ def test_non_contiguous_logits_are_read_in_place_and_untouched(backend):
     v, g = _fused("anl_fl", z, t, backend)
     assert_close_to_reference("anl_fl", z, t, value=v, grad=g)
     assert torch.equal(z, before), "the caller's logits must not change"
+
+
+@pytest.mark.parametrize("name", ["anl_ce", "anl_fl", "nce_rce", "ce", "gce"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_persistent_grid_matches_reference(name, dtype):
+    z, t = edge_case_batch(8, 37, dtype=dtype, device=DEVICE, seed=12)
+    v, g = _fused(name, z, t, "triton-persistent", reduction="none")
+    assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none")
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16])
