@@ -41,6 +41,7 @@ from ``/proc/self/status`` around one call (without clear_refs: the growth of
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -221,7 +222,6 @@ def copy_bandwidth(z, device, reps=10) -> float:
     write (2 x bytes)."""
     dst = torch.empty_like(z)
     sec, _ = time_call(lambda: dst.copy_(z), device, warmup=2, min_reps=3, max_reps=reps, target_s=0.5)
-    del dst
     return 2 * z.numel() * z.element_size() / sec
 
 
@@ -304,22 +304,14 @@ def free(device):
         torch.cuda.empty_cache()
 
 
-def measure(loss, impl, fn, z, t, mode, device, copy_bw, *, memory=True, timing=None, deadline=None) -> dict:
-    """One implementation on one case's inputs: median time, effective bandwidth, its
-    fraction of the copy bandwidth, and (CUDA, ``memory``) the peak extra memory.
-    Errors are recorded in the row ("OOM" for out of memory), never raised."""
-    n, k = z.shape
-    row = dict(loss=loss, impl=impl, dtype=dtype_name(z.dtype), n=n, k=k, mode=mode)
-    run = None
+@contextlib.contextmanager
+def _recorded(row, device):
+    """Run a measurement: an exception goes into ``row["error"]`` ("OOM" for out of
+    memory), never raised; afterwards the step's gradients and the cache are freed.
+    The body puts its step function in the yielded dict under "run"."""
+    state = {}
     try:
-        if fn == "compile-per-case":
-            fn = compiled_fn(loss)
-        run = step(fn, z, t, mode)
-        sec, times = time_call(run, device, deadline=deadline, **(timing or {}))
-        nbytes = case_bytes(n, k, z.dtype, mode)
-        row.update(ms=sec * 1e3, reps=len(times), gbps=nbytes / sec / 1e9, frac_copy=nbytes / sec / copy_bw)
-        if memory and device == "cuda":
-            row["peak_extra_mib"] = peak_extra_cuda(run) / 2**20
+        yield state
     except Exception as e:  # noqa: BLE001 - record and go on
         if _is_oom(e):
             row["error"] = "OOM"
@@ -327,10 +319,27 @@ def measure(loss, impl, fn, z, t, mode, device, copy_bw, *, memory=True, timing=
             msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
             row["error"] = f"{type(e).__name__}: {msg[:160]}"
     finally:
-        if run is not None:
-            _clear_grads(run)
-        del run
+        if state.get("run") is not None:
+            _clear_grads(state["run"])
+        state.clear()
         free(device)
+
+
+def measure(loss, impl, fn, z, t, mode, device, copy_bw, *, memory=True, timing=None, deadline=None) -> dict:
+    """One implementation on one case's inputs: median time, effective bandwidth, its
+    fraction of the copy bandwidth, and (CUDA, ``memory``) the peak extra memory.
+    Errors are recorded in the row ("OOM" for out of memory), never raised."""
+    n, k = z.shape
+    row = dict(loss=loss, impl=impl, dtype=dtype_name(z.dtype), n=n, k=k, mode=mode)
+    with _recorded(row, device) as state:
+        if fn == "compile-per-case":
+            fn = compiled_fn(loss)
+        state["run"] = step(fn, z, t, mode)
+        sec, times = time_call(state["run"], device, deadline=deadline, **(timing or {}))
+        nbytes = case_bytes(n, k, z.dtype, mode)
+        row.update(ms=sec * 1e3, reps=len(times), gbps=nbytes / sec / 1e9, frac_copy=nbytes / sec / copy_bw)
+        if memory and device == "cuda":
+            row["peak_extra_mib"] = peak_extra_cuda(state["run"]) / 2**20
     return row
 
 
@@ -403,19 +412,11 @@ def measure_linear(loss, impl, fn, h, w, t, device, *, memory=True, timing=None,
     the call leaves behind (included in ``peak_extra_mib``)."""
     (n, d), k = h.shape, w.shape[0]
     row = dict(loss=loss, impl=impl, dtype=dtype_name(h.dtype), n=n, d=d, k=k, mode="fwd+bwd")
-    run = None
-    try:
-        run = step_linear(fn, h, w, t)
-        sec, times = time_call(run, device, deadline=deadline, **(timing or {}))
+    with _recorded(row, device) as state:
+        state["run"] = step_linear(fn, h, w, t)
+        sec, times = time_call(state["run"], device, deadline=deadline, **(timing or {}))
         row.update(ms=sec * 1e3, reps=len(times))
         row["grads_mib"] = (h.numel() + w.numel()) * h.element_size() / 2**20
         if memory and device == "cuda":
-            row["peak_extra_mib"] = peak_extra_cuda(run) / 2**20
-    except Exception as e:  # noqa: BLE001
-        row["error"] = "OOM" if _is_oom(e) else f"{type(e).__name__}: {str(e).strip()[:160]}"
-    finally:
-        if run is not None:
-            _clear_grads(run)
-        del run
-        free(device)
+            row["peak_extra_mib"] = peak_extra_cuda(state["run"]) / 2**20
     return row

@@ -85,7 +85,7 @@ class Timer:
                 launch.row_loss(z3, t, None, h, den, active=spec.active, passive=spec.passive,
                                 exact=False, ignore_index=-100, compute_grad=True)
             try:
-                with launch.config(**_fields(cfg)):
+                with launch.config(**asdict(cfg)):
                     sec, _ = C.time_call(call, self.device, **self.reps)
             except Exception as e:  # a plan that does not compile or run: never recommended
                 print(f"{loss} rows={rows} K={k} {key[-1]}: {type(e).__name__}: {e}"[:400],
@@ -95,10 +95,6 @@ class Timer:
                     torch.cuda.synchronize()
             self.cache[key] = sec
         return self.cache[key]
-
-
-def _fields(cfg):
-    return {k: v for k, v in asdict(cfg).items()}
 
 
 def sweep_rows(timer, losses, candidates, ks, rows=None):
