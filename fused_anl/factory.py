@@ -4,8 +4,9 @@ from __future__ import annotations
 from . import _registry as R
 from . import modules
 
-# SPEC.md's table. "delta" is ANL's L1 weight: get_loss stores it on the module as
-# ``l1_delta`` for the training recipe (fused_anl.recipes); it is not part of the loss.
+# The published hyperparameters. "delta" is ANL's L1 weight: the ANL modules hold it and
+# return ``delta * sum |theta|`` from ``regularizer(model)``; it is not part of the loss
+# of the logits.
 PRESETS = {
     "mnist": {
         "anl_ce": dict(alpha=1.0, beta=1.0, delta=1e-6),
@@ -47,25 +48,45 @@ LOSS_KEYWORDS = ("reduction", "ignore_index", "weight", "backend", "detach_focal
 
 
 def get_loss(name: str, num_classes: int | None = None, **hyper):
-    """The ``nn.Module`` of loss ``name`` with the given hyperparameters.
+    r"""The ``nn.Module`` of loss ``name`` with the given hyperparameters.
 
-    Accepts the published configs' keys (``alpha, beta, gamma, q, a, min_prob``,
-    ``delta`` for ANL), plus ``reduction, ignore_index, weight, backend,
-    detach_focal_weight``. ``num_classes``, when given, is checked against the
-    logits at each call.
+    Args:
+        name (str): a loss name of the published configurations (``ce``, ``gce``,
+            ``sce``, ``nce_rce``, ``anl_ce``, ``anl_fl``, ...; every key of
+            ``fused_anl.LOSSES``).
+        num_classes (int, optional): when given, checked against the logits at each call.
+        **hyper: the published configs' keys (``alpha, beta, gamma, q, a``,
+            ``min_prob`` or ``p_min``, and ``delta``, ANL's L1 weight, for ``anl_ce`` and
+            ``anl_fl`` only), plus ``reduction, ignore_index, weight, backend,
+            detach_focal_weight, process_group, class_start``.
+
+    Returns:
+        FusedLoss: the module. For ANL losses, add ``module.regularizer(model)`` to the
+        loss: it is the ``delta * sum |theta|`` term of the published recipe.
+
+    Example::
+
+        >>> crit = fused_anl.get_loss("anl_ce", **fused_anl.PRESETS["cifar10"]["anl_ce"])
+        >>> crit
+        ANLCELoss(alpha=5, beta=5, p_min=1e-07, delta=5e-05)
     """
     if name not in R.LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
     spec = R.LOSSES[name]
     hyper = {ALIASES.get(k, k): v for k, v in hyper.items()}
-    delta = hyper.pop("delta", 0.0)
-    valid = set(spec.hyper) | set(LOSS_KEYWORDS)
+    anl = issubclass(getattr(modules, spec.module), modules.ANLLoss)
+    valid = set(spec.hyper) | set(LOSS_KEYWORDS) | ({"delta"} if anl else set())
     unknown = sorted(set(hyper) - valid)
+    if "delta" in unknown and not hyper["delta"]:
+        hyper.pop("delta")  # delta=0 means "no L1 term", which every loss already has
+        unknown.remove("delta")
     if unknown:
+        shown = valid | ({"min_prob"} if "p_min" in spec.hyper else set())
+        hint = (" (delta is the L1 weight of the ANL losses anl_ce and anl_fl only)"
+                if "delta" in unknown else "")
         raise ValueError(f"get_loss({name!r}): unknown keys {unknown}; valid keys: "
-                         f"{', '.join(sorted(valid | {'delta', 'min_prob'} if 'p_min' in spec.hyper else valid | {'delta'}))}")
+                         f"{', '.join(sorted(shown))}{hint}")
     module = getattr(modules, spec.module)(**hyper)
-    module.l1_delta = float(delta)
     module.num_classes = num_classes
     if num_classes is not None:
         if num_classes < 2:

@@ -286,6 +286,21 @@ class LinearLoss(torch.nn.Module):
     def forward(self, hidden, weight, target, bias=None):
         return linear_loss(self.name, hidden, weight, target, bias, **self.kwargs)
 
+    def extra_repr(self):
+        spec = R.LOSSES[self.name]
+        hyper = dict(spec.hyper, **{k: v for k, v in self.kwargs.items() if k in spec.hyper})
+        items = [f"loss={self.name!r}"] + [f"{k}={float(v):g}" for k, v in hyper.items()]
+        for k, v in self.kwargs.items():
+            if k in spec.hyper:
+                continue
+            if isinstance(v, torch.Tensor):
+                items.append(f"{k}=<tensor of shape {tuple(v.shape)}>")
+            elif k == "process_group" and v is not None:
+                items.append("process_group=<set>")
+            else:
+                items.append(f"{k}={v!r}")
+        return ", ".join(items)
+
 
 class LinearANLCELoss(LinearLoss):
     loss_name = "anl_ce"

@@ -3,7 +3,8 @@
 SGD with momentum 0.9 and a cosine schedule; gradient-norm clipping at 5.0; for the
 ANL losses weight decay 0 and an L1 penalty ``delta * sum |theta|`` over every
 parameter (biases and norm layers included), added to the loss before backward and
-hence before clipping; weight decay for the other losses.
+hence before clipping (the ANL modules return it from ``regularizer(model)``); weight
+decay for the other losses.
 """
 from __future__ import annotations
 
@@ -32,17 +33,29 @@ def make_optimizer(model, loss_name: str, lr: float, weight_decay: float = 5e-4,
     return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
 
 
-def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, *, l1_delta: float = 0.0,
-                    clip: float = 5.0, device="cpu"):
-    """One epoch: loss (+ delta * L1), backward, clip the gradient norm, step; then one
-    scheduler step if given. Returns the mean loss."""
+def train_one_epoch(model, loader, loss_fn, optimizer, scheduler=None, *,
+                    l1_delta: float | None = None, clip: float = 5.0, device="cpu"):
+    """One epoch of the published recipe: loss plus ANL's L1 term, backward, clip the
+    gradient norm, step; then one scheduler step if given. Returns the mean loss.
+
+    Args:
+        l1_delta (float, optional): the L1 weight. ``None`` (the default) takes the
+            loss module's own term, ``loss_fn.regularizer(model)`` (``delta`` of the ANL
+            modules, zero for the other losses); a number overrides it.
+    """
     model.train()
     total, count = 0.0, 0
     for x, y in loader:
         x, y = x.to(device), y.to(device)
         loss = loss_fn(model(x), y)
-        if l1_delta:
-            loss = loss + l1_delta * l1_penalty(model)
+        if l1_delta is None:
+            if hasattr(loss_fn, "regularizer"):
+                loss = loss + loss_fn.regularizer(model)
+        else:
+            if hasattr(loss_fn, "regularizer"):
+                loss_fn._regularizer_asked = True  # the caller chose the L1 weight
+            if l1_delta:
+                loss = loss + l1_delta * l1_penalty(model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
