@@ -6,6 +6,10 @@ import torch
 import fused_anl
 from fused_anl import noise, recipes
 
+# _labels() has 18 to 60 samples per class, where the per-pair floors drop much of the
+# noise: the generators' warning about it is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore:.*symmetric noise: nominal rate")
+
 
 def _labels(k=10, per_class=(37, 50, 23, 41, 60, 18, 33, 29, 44, 52), seed=0):
     y = np.concatenate([np.full(n, c) for c, n in zip(range(k), per_class)])
@@ -114,3 +118,24 @@ def test_noise_rejects_bad_labels_and_mappings():
 def test_l1_penalty_keeps_float64():
     p = [torch.randn(3, dtype=torch.float64, requires_grad=True)]
     assert recipes.l1_penalty(p).dtype == torch.float64
+
+
+def test_noise_warns_when_per_pair_floor_drops_the_noise():
+    y = np.repeat(np.arange(100), 100)  # 100 classes x 100 samples: floor(0.4/99*100) = 0
+    with pytest.warns(UserWarning, match=r"symmetric noise: nominal rate 0\.4, realized rate 0\b"):
+        noisy, flipped = noise.symmetric_noise(y, 0.4, 100, seed=0)
+    assert not flipped.any()
+    y = np.repeat(np.arange(10), 3)  # asymmetric: floor(0.2 * 3) = 0 for every mapped class
+    with pytest.warns(UserWarning, match=r"asymmetric noise: nominal rate 0\.1, realized rate 0\b"):
+        noise.asymmetric_noise(y, 0.2, "mnist", num_classes=10)
+
+
+def test_noise_is_quiet_when_floor_costs_little():
+    import warnings
+    y = np.repeat(np.arange(10), 1000)  # floor(0.2/9*1000) = 22 of 22.2: 1% short
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, flipped = noise.symmetric_noise(y, 0.2, 10, seed=0)
+        assert flipped.mean() == pytest.approx(0.198)
+        noise.asymmetric_noise(y, 0.4, "cifar10", num_classes=10)
+        noise.symmetric_noise(y, 0.0, 10)  # no noise asked, none given
