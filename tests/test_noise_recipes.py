@@ -8,7 +8,7 @@ from fused_anl import noise, recipes
 
 # _labels() has 18 to 60 samples per class, where the per-pair floors drop much of the
 # noise: the generators' warning about it is tested on its own below.
-pytestmark = pytest.mark.filterwarnings("ignore:.*symmetric noise: nominal rate")
+pytestmark = pytest.mark.filterwarnings("ignore:(a)?symmetric noise")
 
 
 def _labels(k=10, per_class=(37, 50, 23, 41, 60, 18, 33, 29, 44, 52), seed=0):
