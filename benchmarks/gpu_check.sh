@@ -1,78 +1,43 @@
 #!/usr/bin/env bash
-# The project's GPU check, for a CUDA machine that has torch and Triton but no network.
-# Runs from the source tree root (nothing installed: PYTHONPATH=$PWD):
+# The project's GPU check, for a CUDA machine with torch and Triton but no network.
+# Runs from the source tree (nothing installed: PYTHONPATH=$PWD):
 #
-#     bash benchmarks/gpu_check.sh [all|tests|bench|tune]      (default all)
+#     bash benchmarks/gpu_check.sh               # the five-minute check (<= 300 s wall)
+#     bash benchmarks/gpu_check.sh --rehearse    # the same stages on a CPU (~60 s)
+#     bash benchmarks/gpu_check.sh tests|smoke|bench|tune    # one long stage (<= 10 min)
 #
-# 1. nvidia-smi, versions and the git revision -> env.txt
-# 2. tests: the whole test suite with the Triton kernels compiled for the GPU
-#    (TRITON_INTERPRET unset): python -m pytest tests -q [-n 12] -> tests.txt
-# 3. bench: the full benchmark matrix, python benchmarks/run.py -> results.{md,json,png},
-#    bench.txt; run even when the tests failed.
-# 4. tune: the launch-policy sweep, python benchmarks/tune.py -> tune.{md,json}, tune.txt
-#    (its recommended LaunchConfig goes into kernels/launch.py by hand, with a rerun of
-#    bench to confirm it).
-# Everything lands in benchmarks/results/<device-slug>-<date>/ (OUT=... overrides).
-# Exit status: 1 when the tests or the benchmark script failed, 0 otherwise.
-# Time: the benchmark bounds itself (run.py --budget, default 480 s + the case in
-# flight); the tests are capped at TEST_TIMEOUT seconds (default 540, inside one
-# 10-minute device command). About 20 minutes
-# for `all` on an H100; `tests`, `bench` and `tune` (--budget 420 s) each fit in a
-# 10-minute slot.
+# Stages (benchmarks/gpu_stages.py, one process each, killed at their slice; the
+# slices, benchmarks/gpu_check.py SLICES, add up to 290 s + 10 s for the report):
+#   env          15 s  device, driver, torch, Triton, revision, measured copy bandwidth
+#   correctness 125 s  tests/test_cuda.py + the smoke matrix (benchmarks/gpu_smoke.py) on
+#                      a process pool, + a warm-up of the benchmark's compiles
+#   bench       110 s  ANL-CE / CE fwd+bwd bf16 N=16384 K in {32768, 128256}: fused,
+#                      eager, torch.compile, Liger; ANL-FL, NCE+RCE; fused linear
+#                      K=128256 D=4096 vs unfused, Liger FLCE, CCE; issue 19's targets
+#   tune         40 s  launch-policy sweep on the headline cases, recommendation
+# A stage that reaches its slice stops (or is stopped) and the summary says what it did
+# not run; the next stage still runs.
+#
+# Results: $GPU_CHECK_OUT, else $OUT (the device tool), else
+# benchmarks/results/<device-slug>-<date>/ (rehearsal: /tmp/gpu_check_rehearsal-<date>/):
+# summary.md, results.json, tests.txt, env.txt, logs.tar.gz. The summary is printed last.
+# Revision: `git describe` when .git is there; else write it first, e.g.
+# `git rev-parse HEAD > REVISION` (or GIT_REVISION=...); a source digest is always kept.
+# Exit status: 1 when a stage crashed (GPU_CHECK_STRICT=1: or anything failed), else 0.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-unset TRITON_INTERPRET
-# optional baselines carried as wheels (benchmarks/fetch_baselines.sh): Liger, CCE
-if ls .whl/*.whl >/dev/null 2>&1; then
-  "${PYTHON:-python}" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-    --target /tmp/site .whl/*.whl && export PYTHONPATH="$PYTHONPATH:/tmp/site"
+export PYTHONUNBUFFERED=1
+rehearse=0
+for arg in "$@"; do [ "$arg" = "--rehearse" ] && rehearse=1; done
+# Optional baselines carried as wheels (benchmarks/fetch_baselines.sh): Liger, CCE.
+if [ "$rehearse" = 0 ] && ls .whl/*.whl >/dev/null 2>&1; then
+  if "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target /tmp/gpu_check_site .whl/*.whl; then
+    export PYTHONPATH="$PYTHONPATH:/tmp/gpu_check_site"
+  else
+    echo "gpu_check: installing the carried wheels failed; running without the baselines"
+  fi
 fi
-PY="${PYTHON:-python}"
-what="${1:-all}"
-case "$what" in all|tests|bench|tune) ;; *) echo "usage: $0 [all|tests|bench|tune]"; exit 2 ;; esac
-
-slug=$("$PY" -c "import re, torch; n = torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'; print(re.sub(r'[^a-z0-9]+', '-', n.lower()).strip('-'))") \
-  || { echo "cannot import torch"; exit 2; }
-out="${OUT:-benchmarks/results/${slug}-$(date +%F)}"
-mkdir -p "$out"
-echo "results folder: $out"
-{
-  nvidia-smi || echo "nvidia-smi: not available"
-  "$PY" -c "import sys, torch, triton; print('python', sys.version.split()[0], '| torch', torch.__version__, 'cuda', torch.version.cuda, '| triton', triton.__version__); print('device:', torch.cuda.get_device_name() if torch.cuda.is_available() else 'NO CUDA DEVICE')"
-  echo "git: $(git rev-parse HEAD 2>/dev/null || echo 'not a git checkout')"
-  git status --short 2>/dev/null | head -20
-} 2>&1 | tee "$out/env.txt"
-
-# step NAME LOG COMMAND...: run COMMAND, tee its output to $out/LOG, record its status
-failed=""
-step() {
-  local name=$1 log=$2; shift 2
-  echo "== $name =="
-  local start rc
-  start=$(date +%s)
-  "$@" 2>&1 | tee "$out/$log"
-  rc=${PIPESTATUS[0]}
-  echo "$name: exit status $rc after $(( $(date +%s) - start )) s" | tee -a "$out/$log"
-  [ "$rc" -eq 0 ] || failed="$failed $name($out/$log)"
-}
-
-if [ "$what" = all ] || [ "$what" = tests ]; then
-  # Most of the time is Triton compiling the suite's kernel variants (one per loss, path,
-  # dtype, block and flag combination), which is CPU work: spread it over pytest-xdist
-  # workers when the machine has it (the CUDA image does). All failures are listed
-  # (up to 25), not just the first.
-  par=()
-  if "$PY" -c "import xdist" 2>/dev/null; then par=(-n "${TEST_WORKERS:-12}"); fi
-  step "test suite (TRITON_INTERPRET unset)" tests.txt timeout "${TEST_TIMEOUT:-540}" \
-    "$PY" -m pytest tests -q -p no:cacheprovider --maxfail=25 "${par[@]}"
-fi
-if [ "$what" = all ] || [ "$what" = bench ]; then
-  step benchmarks bench.txt "$PY" benchmarks/run.py --out "$out"
-fi
-if [ "$what" = all ] || [ "$what" = tune ]; then
-  step "launch-policy sweep" tune.txt "$PY" benchmarks/tune.py --out "$out"
-fi
-
-if [ -n "$failed" ]; then echo "FAILED:$failed"; exit 1; fi
-echo "all done: $out"
+exec "$PY" -m benchmarks.gpu_check "$@"

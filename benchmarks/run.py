@@ -183,7 +183,7 @@ def run_linear(m, device, deadline, skipped_budget):
     for loss in m["losses"]:
         impls, skipped = C.linear_implementations(loss, device)
         for k in m["ks"]:
-            for name in ["fused_linear", "unfused", "unfused_eager", "liger_flce", "cce"]:
+            for name in m.get("impls", ["fused_linear", "unfused", "unfused_eager", "liger_flce", "cce"]):
                 base = dict(loss=loss, impl=name, dtype=m["dtype"], n=m["n"], d=m["d"], k=k, mode="fwd+bwd")
                 if name in skipped:
                     rows.append(dict(base, skipped=skipped[name]))
@@ -202,7 +202,7 @@ def run_linear(m, device, deadline, skipped_budget):
                 r = C.measure_linear(loss, name, impls[name], h, w, t, device, timing=timing, deadline=deadline)
                 del h, w, t
                 C.free(device)
-                if device == "cpu" and "ms" in r and name != "liger_flce":
+                if device == "cpu" and "ms" in r and name != "liger_flce" and m.get("cpu_memory", True):
                     try:
                         res = C.peak_extra_cpu(loss, name, (m["n"], m["d"], k), C.DTYPES[m["dtype"]], "fwd+bwd",
                                                kind="linear")
@@ -301,9 +301,12 @@ def linear_table(rows):
     return "\n".join(out)
 
 
-def targets(rows, lin_rows, device):
-    """The issue's targets: PASS/FAIL/n.a. with the measured numbers."""
+def targets(rows, lin_rows, device, *, n=TARGET_N, ks=TARGET_KS, linear_k=128256, gpu=None):
+    """The issue's targets: PASS/FAIL/n.a. with the measured numbers. ``n``, ``ks`` and
+    ``linear_k``: the cases the GPU targets are checked on; ``gpu`` (default: device is
+    cuda) checks the GPU targets whatever the device (the CPU rehearsal of gpu_check)."""
     lines = []
+    gpu = device == "cuda" if gpu is None else gpu
 
     def check(name, ok, detail):
         lines.append(f"{'n.a.' if ok is None else ('PASS' if ok else 'FAIL'):4s}  {name}: {detail}")
@@ -314,9 +317,9 @@ def targets(rows, lin_rows, device):
                 return r.get("error") or r.get("skipped") or "?"
         return "not run"
 
-    if device == "cuda":
-        n, dt = TARGET_N, "bfloat16"
-        for k in TARGET_KS:
+    if gpu:
+        dt = "bfloat16"
+        for k in ks:
             case = dict(n=n, k=k, dtype=dt, mode="fwd+bwd")
             f = find(rows, loss="anl_ce", impl="fused", **case)
             if not f:
@@ -353,16 +356,16 @@ def targets(rows, lin_rows, device):
         else:
             check("fused CE at least as fast as Liger", None,
                   why_missing(loss="ce", impl="liger"))
-        f = find(lin_rows, loss="anl_ce", impl="fused_linear", k=128256)
-        u = find(lin_rows, loss="anl_ce", impl="unfused", k=128256)
+        f = find(lin_rows, loss="anl_ce", impl="fused_linear", k=linear_k)
+        u = find(lin_rows, loss="anl_ce", impl="unfused", k=linear_k)
         if f and u and "peak_extra_mib" in f and "peak_extra_mib" in u:
-            check("fused linear ANL-CE K=128256 <= 1.1x unfused time and >= 10x less peak extra memory",
+            check(f"fused linear ANL-CE K={linear_k} <= 1.1x unfused time and >= 10x less peak extra memory",
                   f["ms"] <= 1.1 * u["ms"] and u["peak_extra_mib"] >= 10 * f["peak_extra_mib"],
                   f"time {f['ms'] / u['ms']:.2f}x, memory {u['peak_extra_mib'] / max(f['peak_extra_mib'], 1e-9):.1f}x "
                   f"less ({f['peak_extra_mib']:.0f} vs {u['peak_extra_mib']:.0f} MiB, both including the "
                   f"{f['grads_mib']:.0f} MiB of hidden/weight gradients)")
         else:
-            check("fused linear ANL-CE K=128256 vs unfused", None, "not measured")
+            check(f"fused linear ANL-CE K={linear_k} vs unfused", None, "not measured")
     else:
         n, k = CPU_MEMORY["shape"]
         case = dict(n=n, k=k, dtype="float32", mode="fwd+bwd")

@@ -97,10 +97,15 @@ class Timer:
         return self.cache[key]
 
 
-def sweep_rows(timer, losses, candidates, ks, rows=None):
+def sweep_configs(candidates):
+    """Every combination of the candidate values, on top of the current config."""
     names = list(candidates)
-    configs = [replace(launch.get_config(), **dict(zip(names, vals)))
-               for vals in itertools.product(*(candidates[n] for n in names))]
+    return [replace(launch.get_config(), **dict(zip(names, vals)))
+            for vals in itertools.product(*(candidates[n] for n in names))]
+
+
+def sweep_rows(timer, losses, candidates, ks, rows=None):
+    configs = sweep_configs(candidates)
     results = []  # (loss, rows, k, config index, seconds)
     for loss in losses:
         for k in ks:
