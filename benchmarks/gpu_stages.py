@@ -233,7 +233,7 @@ def stage_bench(a):
         return
     device = "cuda" if cuda else "cpu"
     n, ks = (HEAD_N, HEAD_KS) if cuda else (REH_N, REH_KS)
-    c = lambda loss, k: (loss, "bfloat16" if cuda else "float32", n, k, "fwd+bwd")  # noqa: E731
+    c = lambda loss, k: (loss, "bfloat16", n, k, "fwd+bwd")  # noqa: E731
     tasks = []
     for k in ks:
         tasks.append((0, "loss", c("anl_ce", k), ["fused", "eager", "compiled"]))
@@ -243,7 +243,7 @@ def stage_bench(a):
             tasks.append((1, "loss", c(loss, k), ["fused"]))
     later = [(3, "loss", c("ce", k), ["compiled"]) for k in ks]
     lin = (dict(losses=["anl_ce", "ce"], n=HEAD_N, d=LIN_D, ks=[HEAD_KS[1]], dtype="bfloat16")
-           if cuda else dict(losses=["anl_ce", "ce"], ks=[ks[0]], dtype="float32", cpu_memory=False, **REH_LIN))
+           if cuda else dict(losses=["anl_ce", "ce"], ks=[ks[0]], dtype="bfloat16", cpu_memory=False, **REH_LIN))
     lin["impls"] = ["fused_linear", "unfused", "liger_flce", "cce"]
     deadline = start + a.budget
     if not cuda:
