@@ -2,8 +2,23 @@
 
 Same row statistics and closed-form gradient as the Triton kernels (the derivation
 is in kernels/_terms.py), computed on chunks of rows so that the extra memory is a
-few ``chunk x K`` float32 buffers however large ``N x K`` is, and no autograd graph
-of K-sized intermediates is ever built.
+few ``chunk x K`` buffers however large ``N x K`` is, and no autograd graph of
+K-sized intermediates is ever built.
+
+Per chunk the log-probabilities come from one ``torch.log_softmax`` written straight
+into the gradient rows (when they are float32/float64 and contiguous), the
+probabilities from an in-place ``exp_``, and the gradient
+``c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` from one ``addcmul`` per term, with the
+row scale (class weight / mean denominator) folded into the row coefficients. So a
+cross entropy costs three passes over a cache-resident chunk, and the other losses a
+few more: few, large ops, which matters on a CPU shared with other work (every op
+is a parallel region).
+
+Non-finite logits: ``-inf`` is an absent class (SPEC). A NaN or ``+inf`` anywhere in a
+row makes ``log_softmax`` of that row NaN everywhere; :func:`_poison` (the one place,
+for every loss and every path) then makes that row's loss NaN (0 if the row is
+ignored, as the reference and ``F.cross_entropy`` give) and its whole gradient row
+NaN, where some terms' clamps and ``where`` would otherwise drop the NaN.
 """
 from __future__ import annotations
 
@@ -11,8 +26,14 @@ import torch
 
 from . import _registry as R
 
-# Elements (rows x K) per chunk: bounds the temporaries to a few MiB each.
-CHUNK_ELEMENTS = 1 << 21
+# Elements (rows x K) per chunk: 2^18 float32 = 1 MiB per buffer, so the log-softmax /
+# gradient rows of a chunk and their few temporaries stay in cache between the ops
+# that follow, while each op is still large enough that its parallel-region overhead
+# is small (measured: benchmarks/cpu_path.py).
+CHUNK_ELEMENTS = 1 << 18
+
+_NEG_INF = float("-inf")
+_NAN = float("nan")
 
 
 def _pow(x, e):
@@ -28,40 +49,78 @@ def _focal_u(l, p, w, gamma, exact):
     return torch.where(om > 0, w - gamma * l * p * w / torch.where(om > 0, om, 1.0), w)
 
 
-def _elementwise(z, m, log_s, y, h, active, passive, exact):
-    """(a1, ea, b1, eb, bc, p) per element; see kernels/_terms.py elementwise()."""
-    present = z > float("-inf")
-    l = (z - m[:, None]) - log_s[:, None]
-    p = torch.exp(l)
-    zero = torch.zeros((), dtype=z.dtype, device=z.device)
-    a1 = ea = b1 = eb = bc = zero
+# --- per-element terms -------------------------------------------------------------------
+# ``ea``/``eb``: the active/passive terms' elementwise factors of the gradient
+# (``None``: no such term; ``PRESENT``: 1 on every present class).
+PRESENT = "present"
+
+
+def _row_sum(x, present):
+    return (x if present is None else torch.where(present, x, 0.0)).sum(1)
+
+
+def _elementwise(L, P, present, ys, in_range, h, active, passive, exact, need_sums=True):
+    """(sums, ea, eb) of a chunk from its log-probabilities ``L`` and probabilities ``P``.
+
+    ``present``: None when the chunk has no absent class, else the mask ``z > -inf``.
+    ``sums``: the five stats2 row sums ``[A1, EA, B1, EB, BC]`` (None for a term that
+    needs none). ``L`` is only read; ``P`` may be None for terms that do not need it.
+    """
+    rows = L.shape[0]
+    sums = [None] * 5
+    ea = eb = None
     lpm = h["log_pmin"]
     if active == R.A_NCE:
-        ea = present.to(z.dtype)
+        ea = PRESENT
     elif active == R.A_NFL:
-        w = _pow(1.0 - p, h["gamma"])
-        a1 = torch.where(present, w * l, zero)
-        ea = torch.where(present, _focal_u(l, p, w, h["gamma"], exact), zero)
+        g = h["gamma"]
+        w = _pow(1.0 - P, g)
+        wl = w * L
+        u = _focal_u(L, P, w, g, exact)
+        if present is None:
+            ea = u
+        else:
+            wl = torch.where(present, wl, 0.0)
+            ea = torch.where(present, u, 0.0)
+        if need_sums:
+            sums[0], sums[1] = wl.sum(1), ea.sum(1)
     if passive == R.P_NNCE:
-        b1 = h["A_nnce"] + l.clamp_min(lpm)
-        eb = (l >= lpm).to(z.dtype)
+        # v_k = A + max(l_k, log p_min) = max(l_k - log p_min, 0) (A = -log p_min): every
+        # term >= 0, absent classes give 0
+        m = torch.ge(L, lpm).to(L.dtype)
+        eb = m
+        if need_sums:
+            sums[2] = torch.sub(L, lpm).clamp_min_(0.0).sum(1)
+            sums[3] = m.sum(1)
     elif passive == R.P_NNFL:
-        lc = l.clamp_min(lpm)
-        w = _pow(1.0 - torch.exp(lc), h["gamma"])
-        b1 = torch.where(l >= lpm, h["A_nnfl"] + w * lc, zero)  # A' - FL_k, 0 where clamped
-        eb = torch.where(l >= lpm, _focal_u(l, p, w, h["gamma"], exact), zero)
+        g = h["gamma"]
+        lc = L.clamp_min(lpm)
+        w = _pow(1.0 - torch.exp(lc), g)
+        keep = L >= lpm
+        eb = torch.where(keep, _focal_u(L, P, w, g, exact), 0.0)
+        if need_sums:
+            sums[2] = torch.where(keep, h["A_nnfl"] + w * lc, 0.0).sum(1)  # A' - FL_k
+            sums[3] = eb.sum(1)
     elif passive == R.P_RCE:
-        cols = torch.arange(z.shape[1], device=z.device)
-        other = present & (cols[None, :] != y[:, None])
-        b1 = torch.where(other, p.clamp_min(R.P_FLOOR), zero)
-        in_q = other & (p >= R.P_FLOOR)
-        eb, bc = torch.where(in_q, p, zero), torch.where(in_q, zero, p)
-    return a1, ea, b1, eb, bc, p
+        # e = p [k != y][p >= floor] over present classes (absent: p = 0 < floor)
+        eb = torch.where(P >= R.P_FLOOR, P, 0.0)
+        yi = torch.where(in_range, ys, 0)[:, None]
+        eb.scatter_(1, yi, torch.where(in_range, 0.0, eb.gather(1, yi)[:, 0])[:, None])
+        if need_sums:
+            b1 = P.clamp_min(R.P_FLOOR)
+            b1.scatter_(1, yi, torch.where(in_range, 0.0, b1.gather(1, yi)[:, 0])[:, None])
+            sums[2] = _row_sum(b1, present)
+            sums[3] = eb.sum(1)
+            sums[4] = torch.sub(P, eb).sum(1)  # the other p's (p_y included)
+    if need_sums:
+        zero = L.new_zeros(rows)
+        sums = [zero if x is None else x for x in sums]
+    return sums, ea, eb
 
 
-def _epilogue(m, log_s, c, S, A1, EA, B1, EB, BC, zy, h, active, passive, exact):
-    """Per-row (L, c1, c2a, c2b, c3a, c3b); mirrors kernels/_terms.py epilogue()."""
-    ly = (zy - m) - log_s
+def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact):
+    """Per-row (L, c1, c2a, c2b, c3a, c3b) from l_y and the row sums; mirrors
+    kernels/_terms.py epilogue()."""
     py = torch.exp(ly)
     zero = torch.zeros_like(ly)
     g, lpm = h["gamma"], h["log_pmin"]
@@ -73,28 +132,30 @@ def _epilogue(m, log_s, c, S, A1, EA, B1, EB, BC, zy, h, active, passive, exact)
         u = _focal_u(ly, py, w, g, exact)
         La, k1a, k2a = -w * ly, -u, u
     elif active == R.A_NCE:
-        La, k1a = ly / S, 1.0 / S
-        k2a, k3a = -1.0 / S + ly * c / S**2, -ly / S**2
+        # products of ratios rather than ly / S**2: S**2 overflows long before ly / S does
+        r = 1.0 / S
+        La, k1a = ly * r, r
+        k2a, k3a = -r + La * (c * r), -La * r
     elif active == R.A_NFL:
         wy = _pow(1.0 - py, g)
         uy = _focal_u(ly, py, wy, g, exact)
-        num = wy * ly
-        La, k1a = num / A1, uy / A1
-        k2a, k3a = -uy / A1 + num * EA / A1**2, -num / A1**2
+        La, k1a = (wy * ly) / A1, uy / A1
+        k2a, k3a = -k1a + La * (EA / A1), -La / A1
     Lb, k1b, k2b, k3b = zero, zero, zero, zero
     if passive == R.P_NNCE:
         vy = h["A_nnce"] + ly.clamp_min(lpm)
         my = (ly >= lpm).to(ly.dtype)
-        Lb, k1b = 1.0 - vy / B1, -my / B1
-        k2b, k3b = my / B1 - vy * EB / B1**2, vy / B1**2
+        vr = vy / B1
+        Lb, k1b = 1.0 - vr, -my / B1
+        k2b, k3b = -k1b - vr * (EB / B1), vr / B1
     elif passive == R.P_NNFL:
         a_nnfl = h["A_nnfl"]
         lcy = ly.clamp_min(lpm)
         wy = _pow(1.0 - torch.exp(lcy), g)
         uy = torch.where(ly >= lpm, _focal_u(ly, py, wy, g, exact), zero)
-        num, den = a_nnfl + wy * lcy, B1
-        Lb, k1b = 1.0 - num / den, -uy / den
-        k2b, k3b = uy / den - num * EB / den**2, num / den**2
+        nr = (a_nnfl + wy * lcy) / B1
+        Lb, k1b = 1.0 - nr, -uy / B1
+        k2b, k3b = -k1b - nr * (EB / B1), nr / B1
     elif passive == R.P_MAE:
         Lb, k1b, k2b = 1.0 - py, -py, py
     elif passive == R.P_RCE:
@@ -120,21 +181,92 @@ def _epilogue(m, log_s, c, S, A1, EA, B1, EB, BC, zy, h, active, passive, exact)
     return al * La + be * Lb, al * k1a + be * k1b, al * k2a, be * k2b, al * k3a, be * k3b
 
 
+def _gradient(G, P, present, ea, eb, ys, in_range, c1, c2, c3a, c3b):
+    """Write ``c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` into ``G`` (which may be ``P``)."""
+    col = lambda x: x[:, None]  # noqa: E731
+    if ea is PRESENT:
+        torch.addcmul(col(c3a), P, col(c2), out=G)
+        if present is not None:
+            G.masked_fill_(present.logical_not(), 0.0)
+    else:
+        torch.mul(P, col(c2), out=G)
+        if ea is not None:
+            G.addcmul_(ea, col(c3a))
+    if eb is not None:
+        G.addcmul_(eb, col(c3b))
+    G.scatter_add_(1, torch.where(in_range, ys, 0)[:, None],
+                   torch.where(in_range, c1, 0.0)[:, None])
+    return G
+
+
+def _bad_rows(L):
+    """Rows whose log-probabilities are NaN: a NaN or +inf logit makes log_softmax NaN on
+    the whole row (checked on the first column, before L is overwritten)."""
+    if L.shape[1] == 0:
+        return torch.zeros(L.shape[0], dtype=torch.bool, device=L.device)
+    return torch.isnan(L[:, 0])
+
+
+def _poison(loss, G, bad_row, ly, valid):
+    """The non-finite rule, in one place for every loss and path: a row with a NaN or +inf
+    logit (``bad_row``) gets a NaN gradient row and, unless ignored, a NaN loss (as the
+    reference and ``F.cross_entropy``); so does a counted row whose label logit is
+    unusable (absent class, or a label outside [0, K): ``ly`` is NaN). Some terms'
+    clamps and ``where`` would otherwise drop the NaN (GCE, AGCE, AUL)."""
+    bad_loss = valid & (bad_row | torch.isnan(ly))
+    loss.masked_fill_(bad_loss, _NAN)
+    if G is not None:
+        bad = bad_row | bad_loss
+        if bool(bad.any()):
+            G.masked_fill_(bad[:, None], _NAN)
+    return loss
+
+
+def _rows(L, ys, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active, passive, exact,
+          compute_grad, G):
+    """Shared tail: loss rows and, into ``G`` (which may hold ``L`` itself: it is then
+    overwritten), the scaled gradient rows.
+
+    ``sums``: the five stats2 row sums, or None to sum this chunk's own elements."""
+    bad_row = _bad_rows(L)
+    need_p = active == R.A_NFL or passive in (R.P_NNFL, R.P_RCE)
+    P = torch.exp(L) if need_p else None
+    sums_, ea, eb = _elementwise(L, P, present, ys, in_range, hv, active, passive, exact,
+                                 need_sums=sums is None)
+    if sums is None:
+        sums = sums_
+    Lr, c1, c2a, c2b, c3a, c3b = _epilogue(ly, c, S, *sums, hv, active, passive, exact)
+    loss = torch.where(valid, Lr * wy, 0.0)
+    if not compute_grad:
+        return _poison(loss, None, bad_row, ly, valid), None
+    if P is None:
+        P = torch.exp(L, out=G)  # L is not needed any more
+    # the row scale folded into the row coefficients (an ignored row: all 0, even where
+    # its coefficients are NaN)
+    sc = lambda x: torch.where(valid, x * scale, 0.0)  # noqa: E731
+    G = _gradient(G, P, present, ea, eb, ys, in_range, sc(c1), sc(c2a + c2b), sc(c3a), sc(c3b))
+    return _poison(loss, G, bad_row, ly, valid), G
+
+
 def _row_chunks(z3, step_rows=None):
     """Yield (n0, n1, z): chunks of rows, each as a (rows, K) compute-dtype matrix."""
     n, k, d = z3.shape
     cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
-    step = step_rows or max(1, CHUNK_ELEMENTS // max(1, k * d))
+    step = step_rows or _step_rows(k * d)
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
         yield n0, n1, z3[n0:n1].to(cdt).permute(0, 2, 1).reshape(-1, k)
 
 
+def _step_rows(row_elements):
+    return max(2, CHUNK_ELEMENTS // max(1, row_elements))
+
+
 def _stats1(z):
     """Per row: safe max (0 for an all-absent row), sum exp(z - max), sum (z - max), #present."""
-    present = z > float("-inf")
+    present = z > _NEG_INF
     m = z.amax(1)
-    ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
+    ms = torch.where(m > _NEG_INF, m, torch.zeros_like(m))
     s = torch.exp(z - ms[:, None]).sum(1)
     d = torch.where(present, z - ms[:, None], torch.zeros((), dtype=z.dtype, device=z.device)).sum(1)
     return ms, s, d, present.sum(1).to(z.dtype)
@@ -144,43 +276,47 @@ def merge_stats1(parts):
     """Combine stats1 partials (rows, P, 4) = (max, s, d, c) into one (ms, s, d, c) per row."""
     pm, ps, pd, pc = parts.unbind(-1)
     m = pm.amax(1)
-    ms = torch.where(m > float("-inf"), m, torch.zeros_like(m))
-    pms = torch.where(pm > float("-inf"), pm, ms[:, None])
+    ms = torch.where(m > _NEG_INF, m, torch.zeros_like(m))
+    pms = torch.where(pm > _NEG_INF, pm, ms[:, None])
     return ms, (ps * torch.exp(pms - ms[:, None])).sum(1), (pd + pc * (pms - ms[:, None])).sum(1), pc.sum(1)
 
 
 def _finish(z, y, in_range, valid, zy, wy, scale, ms, log_s, c, dsum, sums, hv, active, passive,
             exact, compute_grad):
-    """Per-row (weighted) loss and, if asked, the scaled gradient rows.
+    """Per-row (weighted) loss and, if asked, the scaled gradient rows, from stats1.
 
     ``sums``: the five stats2 row sums, or None to sum this chunk's own elements.
     ``y`` may lie outside [0, K) (class-parallel: the label is on another shard); the
     ``[j == y]`` term then lives on that shard.
     """
-    a1, ea, b1, eb, bc, p = _elementwise(z, ms, log_s, torch.where(in_range, y, -1), hv, active,
-                                         passive, exact)
-    if sums is None:
-        sums = [x.sum(1) if x.dim() == 2 else x.expand(z.shape[0]) for x in (a1, ea, b1, eb, bc)]
+    L = torch.sub(z, ms[:, None]).sub_(log_s[:, None])
+    present = z > _NEG_INF
     S = dsum - c * log_s  # NCE's normalizer, sum_k l_k
-    L, c1, c2a, c2b, c3a, c3b = _epilogue(ms, log_s, c, S, *sums, zy, hv, active, passive, exact)
-    loss = torch.where(valid, L * wy, torch.zeros_like(L))
-    if not compute_grad:
-        return loss, None
-    # per term, as in the kernel (see kernels/row_loss.py _grad_combine)
-    g = c2a[:, None] * p + c3a[:, None] * ea
-    g += c2b[:, None] * p + c3b[:, None] * eb
-    g.scatter_add_(1, torch.where(in_range, y, 0)[:, None],
-                   torch.where(in_range, c1, torch.zeros_like(c1))[:, None])
-    zero = torch.zeros((), dtype=z.dtype, device=z.device)
-    return loss, torch.where(valid[:, None], g * scale[:, None], zero)
+    ly = (zy - ms) - log_s
+    return _rows(L, y, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active, passive,
+                 exact, compute_grad, L)
 
 
 def stats2_sums(z, y, in_range, ms, log_s, hv, active, passive, exact):
     """The five stats2 row sums (rows, 5) of a chunk (zeros for terms that need none)."""
-    a1, ea, b1, eb, bc, p = _elementwise(z, ms, log_s, torch.where(in_range, y, -1), hv, active,
-                                         passive, exact)
-    return torch.stack([x.sum(1) if x.dim() == 2 else x.expand(z.shape[0])
-                        for x in (a1, ea, b1, eb, bc)], 1)
+    L = torch.sub(z, ms[:, None]).sub_(log_s[:, None])
+    P = torch.exp(L)
+    sums, _, _ = _elementwise(L, P, z > _NEG_INF, y, in_range, hv, active, passive, exact)
+    return torch.stack(sums, 1)
+
+
+def _chunk_stats(z, L, active, passive):
+    """NCE's normalizer ``S = sum_k l_k`` over present classes and the count ``c`` (None
+    for losses that need neither), and the present mask (None when nothing in the chunk
+    is absent). A row with an absent class sums to -inf: only then is the mask built."""
+    if not (active in (R.A_NCE, R.A_NFL) or passive == R.P_RCE):
+        return None, None, None
+    S = L.sum(1)
+    k = L.shape[1]
+    if not bool((S == _NEG_INF).any()):
+        return S, torch.full_like(S, float(k)), None
+    present = z > _NEG_INF
+    return torch.where(present, L, 0.0).sum(1), present.sum(1).to(L.dtype), present
 
 
 def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_index,
@@ -192,26 +328,51 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
     """
     n, k, d = z3.shape
     cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
-    loss = torch.empty(n * d, dtype=cdt, device=z3.device)
+    dev = z3.device
+    loss = torch.empty(n * d, dtype=cdt, device=dev)
     grad = None
     if compute_grad:
         grad = out if out is not None else torch.empty((n, k, d), dtype=grad_dtype or z3.dtype,
-                                                       device=z3.device)
-    for n0, n1, z in _row_chunks(z3):
+                                                       device=dev)
+    if n * d == 0:
+        return loss, grad
+    if k == 0:
+        raise ValueError("fused_anl: logits with 0 classes")
+    # log_softmax can write the gradient rows directly when they are (rows, K) compute-dtype
+    # rows that do not alias the logits; otherwise a chunk-sized scratch buffer is used
+    direct = (compute_grad and d == 1 and grad.dtype == cdt and grad.is_contiguous()
+              and not _overlaps(grad, z3))
+    w = weight.to(cdt) if weight is not None else None
+    inv_den = (1.0 / den.to(cdt)) if den is not None else None
+    step = _step_rows(k * d)
+    scratch = None
+    for n0, n1, z in _row_chunks(z3, step):
+        rows = z.shape[0]
         t = target[n0 * d:n1 * d].long()
         valid = t != ignore_index
         in_range = (t >= 0) & (t < k)
         ys = torch.where(in_range, t, 0)
         zy = z.gather(1, ys[:, None])[:, 0]
-        zy = torch.where(in_range & (zy > float("-inf")), zy, torch.full_like(zy, float("nan")))
-        ms, s, dsum, c = _stats1(z)
-        wy = weight.to(cdt)[ys] if weight is not None else torch.ones_like(zy)
-        scale = torch.where(valid, wy, torch.zeros_like(wy))
-        if den is not None:
-            scale = scale / den.to(cdt)
-        lr, g = _finish(z, t, in_range, valid, zy, wy, scale, ms, torch.log(s), c, dsum, None, hv,
-                        active, passive, exact, compute_grad)
+        if direct:
+            G = grad[n0:n1].view(rows, k)
+        else:
+            if scratch is None:
+                scratch = torch.empty((min(n * d, step * d), k), dtype=cdt, device=dev)
+            G = scratch[:rows]
+        L = torch.log_softmax(z, 1, out=G)
+        S, c, present = _chunk_stats(z, L, active, passive)
+        ly = L.gather(1, ys[:, None])[:, 0]
+        ly = torch.where(in_range & (zy > _NEG_INF), ly, _NAN)
+        wy = w[ys] if w is not None else torch.ones_like(ly)
+        scale = wy * inv_den if inv_den is not None else wy
+        lr, g = _rows(L, ys, in_range, valid, wy, scale, ly, S, c, None, present, hv, active,
+                      passive, exact, compute_grad, G)
         loss[n0 * d:n1 * d] = lr
-        if compute_grad:
+        if compute_grad and not direct:
             grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
     return loss, grad
+
+
+def _overlaps(a, b):
+    sa, sb = a.untyped_storage(), b.untyped_storage()
+    return sa.data_ptr() == sb.data_ptr()
