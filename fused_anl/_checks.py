@@ -22,6 +22,13 @@ def _compiling() -> bool:
         return False
 
 
+def functorch_wrapped(t) -> bool:
+    """True for a tensor seen inside a ``torch.func`` transform (grad, vmap, jacrev...),
+    where reading values (the label checks) is data-dependent control flow."""
+    f = torch._C._functorch
+    return isinstance(t, torch.Tensor) and (f.is_functorch_wrapped_tensor(t) or f.is_batchedtensor(t))
+
+
 def check_inputs(name, logits, target, weight, reduction, ignore_index, label_values=True):
     """Validate and return ``(N, K, D)``: rows are ``N * D`` samples of ``K`` classes.
 
@@ -67,7 +74,8 @@ def check_inputs(name, logits, target, weight, reduction, ignore_index, label_va
     for s in logits.shape[2:]:
         d *= s
     if label_values is not None and logits.device.type == "cpu" and not _compiling() \
-            and target.numel() > 0:
+            and target.numel() > 0 and not functorch_wrapped(target) \
+            and not functorch_wrapped(logits):
         _check_labels(name, logits if label_values else None, target, ignore_index, k)
     return n, k, d
 

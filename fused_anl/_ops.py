@@ -15,12 +15,17 @@ import torch
 from . import _hyper, _torch_backend
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The arithmetic dtype of every path: float64 for float64 logits, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def run_row_loss(z3, target, weight, hyper: List[float], den, active: int, passive: int,
                  exact: bool, ignore_index: int, compute_grad: bool, backend: str, out=None):
     """Eager dispatch to a backend (also used directly by the fused linear loss)."""
     kw = dict(active=active, passive=passive, exact=exact, ignore_index=ignore_index,
               compute_grad=compute_grad, out=out)
-    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(z3.dtype)
     if backend == "triton":
         from .kernels import launch
         hv = _hyper.device_tensor(tuple(hyper), str(z3.device), cdt)
@@ -43,7 +48,43 @@ def row_loss_op(z3: torch.Tensor, target: torch.Tensor, weight: Optional[torch.T
 @row_loss_op.register_fake
 def _(z3, target, weight, hyper, den, active, passive, exact, ignore_index, compute_grad, backend):
     n, k, d = z3.shape
-    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(z3.dtype)
     loss = z3.new_empty((n * d,), dtype=cdt)
     grad = z3.new_empty((n, k, d)) if compute_grad else z3.new_empty((0,))
     return loss, grad
+
+
+def _host_scalar_ok(go: torch.Tensor) -> bool:
+    """A 1-element grad_output on the CPU is read on the host (no device to wait for)."""
+    return go.numel() == 1 and go.device.type == "cpu"
+
+
+def scale_grad(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
+    """Eager ``grad *= grad_output`` in place (see ``fused_anl::scale_grad_``)."""
+    n, k, d = grad.shape
+    go = grad_output.reshape(-1).to(grad.device).contiguous()  # an expanded grad_output has stride 0
+    if _host_scalar_ok(go):
+        if go.item() != 1.0:  # a CPU scalar: reading it costs no device synchronisation
+            grad.mul_(go.to(compute_dtype(grad.dtype)))
+        return
+    if backend == "triton" and grad.is_contiguous():
+        from .kernels import launch
+        launch.scale_(grad, go)
+        return
+    if go.numel() == 1:
+        grad.mul_(go)
+    else:
+        grad.mul_(go.reshape(n, 1, d).to(compute_dtype(grad.dtype)))
+
+
+@torch.library.custom_op("fused_anl::scale_grad_", mutates_args=("grad",))
+def scale_grad_op(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
+    """Backward of every fused loss: the gradient stored by forward, scaled in place by
+    ``grad_output`` (1 element, or one per sample). With Triton, a scalar of exactly 1
+    costs one tiny launch and no ``N x K`` memory traffic (kernels/scale.py)."""
+    scale_grad(grad, grad_output, backend)
+
+
+@scale_grad_op.register_fake
+def _(grad, grad_output, backend):
+    return None

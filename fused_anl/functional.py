@@ -3,22 +3,37 @@
 One autograd Function serves every loss. Forward runs the chosen backend through
 the ``fused_anl::row_loss`` custom op (so ``torch.compile`` sees a single opaque op),
 computing the per-row loss and, when the logits require grad, the gradient of the
-reduced loss in the same pass; backward only multiplies that gradient by
-``grad_output`` (a scalar, or per-sample for ``reduction="none"``), in place and
-without a host synchronisation (out of place under ``torch.compile``).
+reduced loss in the same pass. Backward only scales that gradient by
+``grad_output`` (a scalar, or per-sample for ``reduction="none"``) in place through
+the ``fused_anl::scale_grad_`` custom op: with Triton a ``grad_output`` of exactly 1
+costs no pass over the gradient, decided on the device (kernels/scale.py).
+
+What is refused rather than answered wrongly:
+
+- a second derivative (``create_graph=True`` and then differentiating the gradient):
+  the gradient is computed in closed form and has no graph, so differentiating it
+  raises, unless the call was made with ``double_backward=True`` (then backward
+  differentiates the eager reference, exactly, at the reference's cost);
+- a use of logits that ``inplace_backward=True`` overwrote, when autograd sees it
+  (a gradient arriving through the overwritten tensor raises in backward);
+- ``torch.vmap`` and ``torch.func`` transforms are supported (a per-sample loop for
+  vmap); the in-place variant is not used under them.
 """
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import threading
+from dataclasses import dataclass
+from typing import Optional
 
 import torch
 
 from . import _hyper, _ops
 from . import _registry as R
-from ._checks import check_inputs
+from ._checks import _compiling, check_inputs
+from ._checks import functorch_wrapped as _functorch_wrapped
+from ._ops import compute_dtype
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -69,143 +84,245 @@ def repeatable_backward(enabled: bool = True):
         _state.repeatable = old
 
 
+@dataclass(frozen=True)
+class LossCall:
+    """Everything about one loss call except its tensors: built once by the public
+    function, carried through both autograd Functions, and flattened only at the
+    custom-op boundary."""
+
+    name: str
+    hyper: tuple  # resolved hyperparameters as (name, value) pairs (the reference's keywords)
+    constants: tuple  # the kernels' hyperparameter vector (fused_anl/_hyper.py)
+    active: int
+    passive: int
+    exact: bool  # not detach_focal_weight: the focal weight is differentiated
+    ignore_index: int
+    reduction: str
+    backend: str  # resolved: "triton" or "torch"
+    double_backward: bool = False
+    shard: Optional[tuple] = None  # (process_group, class_start) for class-parallel logits
+
+
 def mean_denominator(t, weight, ignore_index, k, dtype):
-    """Sum of the weights of non-ignored samples (1 each without class weights), as a
-    1-element tensor, 1 where it is 0 (all ignored: the loss is then 0, not NaN)."""
+    """``"mean"``'s divisor as a 1-element tensor: the sum of the weights of the
+    non-ignored samples (1 each without class weights), exactly as
+    ``torch.nn.functional.cross_entropy`` divides (all samples ignored: 0, so the mean
+    is NaN; weights summing to 0: inf or NaN; a negative sum is used as it is)."""
     keep = t != ignore_index
     if weight is None:
         w = keep.to(dtype)
     else:
         w = torch.where(keep, weight.to(dtype)[t.long().clamp(0, k - 1)],
                         torch.zeros((), dtype=dtype, device=t.device))
-    den = w.sum()
-    return torch.where(den != 0, den, torch.ones_like(den)).reshape(1)
+    return w.sum().reshape(1)
 
 
-def _forward(ctx, logits, target, weight, op, reduction, dims, inplace, shard=None):
-    """Shared forward: run the row loss (gradient included when needed) and reduce.
-
-    shard: None, or (process_group, class_start) for class-parallel logits."""
-    hyper, active, passive, exact, ignore_index, backend = op
+def _forward(logits, target, weight, call: LossCall, dims, compute_grad, inplace):
+    """Per-row losses (gradient included when asked), reduced. Returns (loss, grad),
+    grad an (N, K, D) tensor, or an empty one without compute_grad."""
     n, k, d = dims
     z3 = logits.reshape(n, k, d)  # a view whenever the trailing dims can be flattened
     t = target.reshape(-1)
-    compute_grad = ctx.needs_input_grad[0]
-    cdt = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    den = mean_denominator(t, weight, ignore_index, k, cdt) if reduction == "mean" else None
-    if shard is not None:
+    cdt = compute_dtype(logits.dtype)
+    den = mean_denominator(t, weight, call.ignore_index, k, cdt) if call.reduction == "mean" else None
+    if call.shard is not None:
         from .distributed import sharded_row_loss
         loss_rows, grad = sharded_row_loss(
-            z3, t, weight, hyper, den, active=active, passive=passive, exact=exact,
-            ignore_index=ignore_index, compute_grad=compute_grad, backend=backend,
-            group=shard[0], class_start=shard[1])
-    elif inplace and compute_grad:
+            z3, t, weight, list(call.constants), den, active=call.active, passive=call.passive,
+            exact=call.exact, ignore_index=call.ignore_index, compute_grad=compute_grad,
+            backend=call.backend, group=call.shard[0], class_start=call.shard[1])
+    elif inplace:
         if z3.data_ptr() != logits.data_ptr() or z3.numel() != logits.numel():
             raise ValueError("inplace_backward=True needs logits whose class dims can be viewed "
                              "as (N, K, D) without a copy")
-        loss_rows, grad = _ops.run_row_loss(z3, t, weight, hyper, den, active, passive, exact,
-                                            ignore_index, True, backend, out=z3)
+        loss_rows, grad = _ops.run_row_loss(z3, t, weight, list(call.constants), den, call.active,
+                                            call.passive, call.exact, call.ignore_index, True,
+                                            call.backend, out=z3)
     else:
-        loss_rows, grad = torch.ops.fused_anl.row_loss(z3, t, weight, hyper, den, active, passive,
-                                                       exact, ignore_index, compute_grad, backend)
-    if reduction == "none":
+        loss_rows, grad = torch.ops.fused_anl.row_loss(
+            z3, t, weight, list(call.constants), den, call.active, call.passive, call.exact,
+            call.ignore_index, compute_grad, call.backend)
+    if call.reduction == "none":
         out = loss_rows.reshape(target.shape)
-    elif reduction == "sum":
+    elif call.reduction == "sum":
         out = loss_rows.sum()
     else:
         out = loss_rows.sum() / den[0]
-    ctx.reduction, ctx.shape = reduction, logits.shape
-    ctx.consumed = False
-    ctx.repeatable = getattr(_state, "repeatable", False) or _compiling()
+    if grad is None:
+        grad = logits.new_empty((0,))
     return out, grad
 
 
-def _backward(ctx, grad_out):
+def _setup(ctx, logits, target, weight, call, dims):
+    ctx.call, ctx.dims, ctx.shape = call, dims, logits.shape
+    ctx.consumed = False
+    ctx.repeatable = getattr(_state, "repeatable", False) or _compiling()
+    if call.double_backward:
+        ctx.reference_inputs = (logits, target, weight)
+
+
+_NO_SECOND = ("fused_anl.{name}: its gradient is computed in closed form and has no autograd "
+              "graph, so it cannot be differentiated again (a gradient penalty or other "
+              "second derivative through this loss). Call the loss with double_backward=True "
+              "to differentiate the eager reference instead (exact; costs the reference's "
+              "time and memory).")
+
+
+def _no_second_derivative(g, name):
+    """The gradient, made to raise a clear error if anything differentiates it: backward
+    ran with ``create_graph=True`` and the result would otherwise be a gradient with no
+    graph, i.e. a silently zero second derivative (the mechanism of
+    ``torch.autograd.function.once_differentiable``)."""
+    err = torch._C._functions.DelayedError(_NO_SECOND.format(name=name).encode(), 1)
+    g = g.detach()
+    g.requires_grad_(True)
+    return err(g)
+
+
+def _reference_grad(ctx, grad_out):
+    """double_backward=True: the gradient as a differentiable function of the logits,
+    from the eager reference (the oracle of the tests), for second derivatives."""
+    from . import reference
+    call = ctx.call
+    logits, target, weight = ctx.reference_inputs
+    with torch.enable_grad():
+        loss = reference.loss_by_name(call.name, logits, target, reduction=call.reduction,
+                                      ignore_index=call.ignore_index, weight=weight,
+                                      detach_focal_weight=not call.exact, **dict(call.hyper))
+        (g,) = torch.autograd.grad(loss, logits, grad_out, create_graph=True)
+    return g
+
+
+def _backward(ctx, grad, grad_out):
     """Scale the stored gradient by grad_output (scalar, or per sample for "none")."""
+    call = ctx.call
+    if torch.is_grad_enabled() and call.double_backward:
+        return _reference_grad(ctx, grad_out)
     if ctx.consumed:
         raise RuntimeError(
             "fused_anl: backward ran twice through the same loss call, but its stored "
             "gradient was scaled in place by the first one. Make the call inside "
             "`with fused_anl.repeatable_backward():` to allow repeated backward passes.")
-    (grad,) = ctx.saved_tensors
-    grad = grad.reshape(ctx.shape[0], ctx.shape[1], -1)
-    go = grad_out.reshape(grad.shape[0], 1, -1) if ctx.reduction == "none" else grad_out
-    if ctx.repeatable:
-        return (grad * go).reshape(ctx.shape)
+    n, k, d = ctx.dims
+    grad = grad.reshape(n, k, d)
+    transformed = _functorch_wrapped(grad_out) or _functorch_wrapped(grad)
+    if ctx.repeatable or transformed or torch.is_grad_enabled():
+        go = grad_out.reshape(n, 1, d) if call.reduction == "none" else grad_out
+        g = (grad * go).reshape(ctx.shape)
+        if torch.is_grad_enabled() and not transformed:
+            g = _no_second_derivative(g, call.name)
+        return g
     ctx.consumed = True
-    return grad.mul_(go).reshape(ctx.shape)
+    torch.ops.fused_anl.scale_grad_(grad, grad_out.reshape(-1), call.backend)
+    return grad.reshape(ctx.shape)
 
 
 class _FusedLoss(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, logits, target, weight, op, reduction, dims, shard=None):
-        out, grad = _forward(ctx, logits, target, weight, op, reduction, dims, False, shard)
-        if ctx.needs_input_grad[0]:
-            ctx.save_for_backward(grad)
-        return out
+    """Outputs (loss, stored gradient); the second is non-differentiable and internal."""
 
     @staticmethod
-    def backward(ctx, grad_out):
-        return _backward(ctx, grad_out), None, None, None, None, None, None
+    def forward(logits, target, weight, call, dims, compute_grad):
+        return _forward(logits, target, weight, call, dims, compute_grad, False)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, call, dims, compute_grad = inputs
+        ctx.mark_non_differentiable(output[1])
+        _setup(ctx, logits, target, weight, call, dims)
+        if compute_grad:
+            ctx.save_for_backward(output[1])
+
+    @staticmethod
+    def backward(ctx, grad_out, _):
+        (grad,) = ctx.saved_tensors
+        return _backward(ctx, grad, grad_out), None, None, None, None, None
+
+    @staticmethod
+    def vmap(info, in_dims, logits, target, weight, call, dims, compute_grad):
+        """``torch.vmap``: one fused call per vmapped sample (exact; a loop)."""
+        outs, grads = [], []
+        for b in range(info.batch_size):
+            def pick(x, dim):
+                return x if x is None or dim is None else x.select(dim, b)
+            o, g = _FusedLoss.forward(pick(logits, in_dims[0]), pick(target, in_dims[1]),
+                                      pick(weight, in_dims[2]), call, dims, compute_grad)
+            outs.append(o)
+            grads.append(g)
+        return (torch.stack(outs), torch.stack(grads)), (0, 0)
 
 
 class _FusedLossInplace(torch.autograd.Function):
-    """The gradient is written into the logits' storage (marked dirty: autograd then
-    refuses any later use of the overwritten values)."""
+    """The gradient is written into the logits' storage, which is marked dirty and
+    returned as a second output: a later use of the overwritten tensor that autograd
+    sees sends a gradient into it, and backward refuses that gradient."""
 
     @staticmethod
-    def forward(ctx, logits, target, weight, op, reduction, dims):
-        out, _ = _forward(ctx, logits, target, weight, op, reduction, dims, True)
-        ctx.mark_dirty(logits)
-        ctx.mark_non_differentiable(logits)
-        ctx.save_for_backward(logits)
+    def forward(logits, target, weight, call, dims, compute_grad):
+        out, _ = _forward(logits, target, weight, call, dims, True, True)
         return out, logits
 
     @staticmethod
-    def backward(ctx, grad_out, _unused):
-        return _backward(ctx, grad_out), None, None, None, None, None
+    def setup_context(ctx, inputs, output):
+        logits, target, weight, call, dims, compute_grad = inputs
+        ctx.mark_dirty(logits)
+        ctx.set_materialize_grads(False)
+        _setup(ctx, logits, target, weight, call, dims)
+        ctx.save_for_backward(output[1])
 
-
-def _compiling() -> bool:
-    try:
-        return torch.compiler.is_compiling()
-    except AttributeError:  # pragma: no cover
-        return False
+    @staticmethod
+    def backward(ctx, grad_out, grad_through_logits):
+        if grad_through_logits is not None:
+            raise RuntimeError(
+                f"fused_anl.{ctx.call.name}(..., inplace_backward=True) overwrote its logits "
+                "with the gradient, but a later operation used the overwritten logits and "
+                "sent a gradient back through them: its result was computed from gradient "
+                "values, not logits. Use the logits before the loss call, or clone them, or "
+                "drop inplace_backward=True.")
+        if grad_out is None:
+            return None, None, None, None, None, None
+        (grad,) = ctx.saved_tensors
+        return _backward(ctx, grad, grad_out), None, None, None, None, None
 
 
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
                  backend="auto", detach_focal_weight=True, inplace_backward=False,
-                 process_group=None, class_start=None, **hyper):
+                 double_backward=False, process_group=None, class_start=None, **hyper):
     """Fused loss ``name`` (a key of ``fused_anl.LOSSES``) on logits ``(N, K, ...)``.
 
-    ``inplace_backward=True`` writes the gradient into the logits' storage instead of
-    a new ``N x K`` buffer (the logits must not be needed afterwards; autograd raises
-    if they are). It is ignored under ``torch.compile`` and when no gradient is needed.
-
-    ``process_group``: class-parallel mode (fused_anl/distributed.py). ``logits`` is
-    this rank's slice of the classes, starting at ``class_start`` (default: rank x
-    K_local, equal shards); ``target`` and ``weight`` are global. Every rank returns
-    the full loss and gets the gradient of its own slice.
+    The keywords are those of every loss function (see ``help(fused_anl.anl_ce)``);
+    ``hyper`` holds the loss's own hyperparameters.
     """
     spec = R.LOSSES[name]
     h = R.resolve_hyper(spec, hyper)
     if process_group is not None:
-        return _sharded(name, spec, h, logits, target, reduction, ignore_index, weight, backend,
-                        detach_focal_weight, process_group, class_start)
-    dims = check_inputs(name, logits, target, weight, reduction, ignore_index)
-    b = resolve_backend(backend, logits.device)
-    op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
-          ignore_index, b)
-    if inplace_backward and logits.requires_grad and torch.is_grad_enabled() and not _compiling():
+        if double_backward:
+            raise ValueError(f"{name}: double_backward=True is not supported with process_group "
+                             "(class-parallel logits)")
+        n, k_local, d = _check_sharded(name, logits, target, weight, reduction, ignore_index,
+                                       process_group, class_start)
+        dims = (n, k_local, d)
+        shard = (process_group, class_start)
+    else:
+        dims = check_inputs(name, logits, target, weight, reduction, ignore_index)
+        shard = None
+    call = LossCall(name=name, hyper=tuple((key, h[key]) for key in spec.hyper),
+                    constants=tuple(_hyper.constants(h, spec.passive)), active=spec.active,
+                    passive=spec.passive, exact=not detach_focal_weight,
+                    ignore_index=int(ignore_index), reduction=reduction,
+                    backend=resolve_backend(backend, logits.device),
+                    double_backward=bool(double_backward), shard=shard)
+    compute_grad = logits.requires_grad and torch.is_grad_enabled()
+    if (inplace_backward and compute_grad and shard is None and not double_backward
+            and not _compiling() and not _functorch_wrapped(logits)):
         if logits.is_leaf:
             raise ValueError("inplace_backward=True cannot overwrite a leaf tensor that requires "
                              "grad; use it on logits produced by the model")
-        return _FusedLossInplace.apply(logits, target, weight, op, reduction, dims)[0]
-    return _FusedLoss.apply(logits, target, weight, op, reduction, dims)
+        return _FusedLossInplace.apply(logits, target, weight, call, dims, True)[0]
+    return _FusedLoss.apply(logits, target, weight, call, dims, compute_grad)[0]
 
 
-def _sharded(name, spec, h, logits, target, reduction, ignore_index, weight, backend,
-             detach_focal_weight, group, class_start):
+def _check_sharded(name, logits, target, weight, reduction, ignore_index, group, class_start):
+    """Validate class-parallel inputs; returns (N, K_local, D)."""
     import torch.distributed as dist
     if not isinstance(logits, torch.Tensor) or logits.dim() < 2 or logits.shape[1] < 1:
         raise ValueError(f"{name}: class-parallel logits must have shape (N, K_local, ...)")
@@ -219,14 +336,81 @@ def _sharded(name, spec, h, logits, target, reduction, ignore_index, weight, bac
         (logits.shape[0], k_total or 2) + tuple(logits.shape[2:]))
     n, _, d = check_inputs(name, stand_in, target, weight, reduction, ignore_index,
                            label_values=False if k_total else None)
-    b = resolve_backend(backend, logits.device)
-    op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
-          ignore_index, b)
-    return _FusedLoss.apply(logits, target, weight, op, reduction, (n, k_local, d),
-                            (group, class_start))
+    return n, k_local, d
+
+
+_COMMON_ARGS = """
+    Args:
+        logits (Tensor): unnormalized scores of shape ``(N, K)`` or ``(N, K, d1, ...)``,
+            float32, float16, bfloat16 or float64. ``-inf`` marks an absent class
+            (padding), which takes part in no sum; a NaN or ``+inf`` anywhere in a row
+            makes that sample's loss and gradient NaN.
+        target (Tensor): class indices of shape ``(N,)`` or ``(N, d1, ...)``, int64 or
+            int32, in ``[0, K)`` or equal to ``ignore_index``.
+{hyper}        reduction (str): ``"mean"`` (sum of the weighted losses divided by the sum
+            of the weights of the non-ignored samples, as ``F.cross_entropy``),
+            ``"sum"`` or ``"none"``. Default: ``"mean"``.
+        ignore_index (int): samples with this label contribute 0 to the loss and get a
+            zero gradient. Default: -100.
+        weight (Tensor, optional): ``(K,)`` class weights; each sample's loss is
+            multiplied by its label's weight. Default: None.
+        backend (str): ``"triton"`` (fused kernels: CUDA, or CPU under
+            ``TRITON_INTERPRET=1``), ``"torch"`` (the same algorithm in PyTorch ops,
+            any device) or ``"auto"``. Default: ``"auto"``.
+{focal}        inplace_backward (bool): write the gradient into the logits' storage instead of
+            a new ``N x K`` buffer. The logits hold the gradient after the call; a later
+            use of them that autograd sees raises in backward. Default: False.
+        double_backward (bool): keep the logits so that the gradient can be
+            differentiated again (``create_graph=True``), through the eager reference.
+            Without it a second derivative raises. Default: False.
+        process_group (ProcessGroup, optional): class-parallel mode: ``logits`` is this
+            rank's slice of the classes (``target`` and ``weight`` are global); every rank
+            gets the full loss and the gradient of its slice. Default: None.
+        class_start (int, optional): first class of this rank's slice (default: rank x
+            K_local, equal shards).
+
+    Returns:
+        Tensor: the loss, float32 (float64 for float64 logits); shape ``()``, or the
+        target's shape for ``reduction="none"``. The gradient has the logits' dtype and
+        is computed in float32.
+
+    Shape:
+        - logits: ``(N, K)`` or ``(N, K, d1, ..., dk)``
+        - target: ``(N,)`` or ``(N, d1, ..., dk)``
+        - output: ``()`` or, for ``"none"``, the target's shape.
+
+    Example::
+
+        >>> logits = torch.randn(8, 10, requires_grad=True)
+        >>> target = torch.randint(0, 10, (8,))
+        >>> fused_anl.{name}(logits, target).backward()
+"""
+
+_HYPER_DOCS = {
+    "alpha": "alpha (float): weight of the active term. Default: {v}.",
+    "beta": "beta (float): weight of the passive term. Default: {v}.",
+    "gamma": "gamma (float): focusing parameter of the focal weight ``(1 - p)^gamma``, >= 0. "
+             "Default: {v}.",
+    "p_min": "p_min (float): probability floor of the normalized negative term, in (0, 1). "
+             "Default: {v}.",
+    "q": "q (float): exponent, > 0. Default: {v}.",
+    "a": "a (float): the asymmetric loss's offset (AUL: > 1, else > 0). Default: {v}.",
+}
+
+
+def docstring(name: str) -> str:
+    """The PyTorch-style docstring of the fused function ``name``."""
+    spec = R.LOSSES[name]
+    hyper = "".join(f"        {_HYPER_DOCS[k].format(v=v)}\n" for k, v in spec.hyper.items())
+    focal = ("        detach_focal_weight (bool): treat the focal weight as a constant in the "
+             "gradient,\n            as the published code does; False gives the true derivative. "
+             "Default: True.\n") if spec.focal else ""
+    return (f"Fused {name}: per-sample loss ``{spec.doc}`` (the loss's definition: "
+            f"docs/semantics.md).\n" + _COMMON_ARGS.format(hyper=hyper, focal=focal, name=name))
 
 
 def _make(name):
+    import inspect
     spec = R.LOSSES[name]
 
     def fn(logits, target, **kwargs):
@@ -237,14 +421,12 @@ def _make(name):
     kw = dict(spec.hyper, reduction="mean", ignore_index=-100, weight=None, backend="auto")
     if spec.focal:
         kw["detach_focal_weight"] = True
-    kw["inplace_backward"] = False
-    kw["process_group"] = None
-    kw["class_start"] = None
+    kw.update(inplace_backward=False, double_backward=False, process_group=None,
+              class_start=None)
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in kw.items()]
     fn.__signature__ = inspect.Signature(params)
     fn.__name__ = fn.__qualname__ = name
-    fn.__doc__ = (f"Fused {name}: {spec.doc}.\n\nReturns a float32 loss (float64 for float64 logits); "
-                  "see the README for the keywords.")
+    fn.__doc__ = docstring(name)
     return fn
 
 

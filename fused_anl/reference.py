@@ -84,8 +84,9 @@ def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
         return loss.reshape(out_shape)
     if reduction == "sum":
         return loss.sum()
-    den = w.sum()
-    return loss.sum() / torch.where(den > 0, den, torch.ones_like(den))
+    # as torch.nn.functional.cross_entropy: divided by the weight sum as it is (all
+    # samples ignored: 0/0 = NaN; weights summing to 0: inf or NaN; negative: as is)
+    return loss.sum() / w.sum()
 
 
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
@@ -97,7 +98,8 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
     z = logits.movedim(1, -1).reshape(-1, k).to(compute_dtype(logits.dtype))
     t = target.reshape(-1).long()
     keep = t != ignore_index
-    y_onehot = torch.nn.functional.one_hot(torch.where(keep, t, 0).clamp(0, k - 1), k).bool()
+    # a comparison, not one_hot (which reads the labels' values: not vmappable)
+    y_onehot = torch.arange(k, device=z.device) == torch.where(keep, t, 0).clamp(0, k - 1)[:, None]
     present = z > float("-inf")
     l = torch.log_softmax(z, dim=1)
     p = l.exp()

@@ -93,11 +93,20 @@ def load_row(z_ptr, base, cols, s_k, K, DT: tl.constexpr):
 
 @triton.jit
 def stats1_block(z):
-    """(max, sum exp(z - max), sum (z - max), #present) of one block; absent entries skipped."""
+    """(max, sum exp(z - max), sum (z - max), #present) of one block; absent entries skipped.
+
+    Non-finite logits: ``s`` masks only the absent entries (``z == -inf``), not
+    ``z > -inf``, so a NaN (for which every comparison is false) or a ``+inf`` (then
+    ``m = +inf`` and ``inf - inf``) makes ``s`` NaN, and with it ``log s``, every ``l``,
+    ``p``, the loss and the gradient of the row: a NaN or ``+inf`` anywhere in a row gives
+    a NaN row, as ``torch.nn.functional.cross_entropy`` does (``tl.max`` may drop a NaN
+    on the GPU; ``s`` does not). The merges and the split/shard partial combines carry
+    a NaN ``s`` through.
+    """
     present = z > NEG_INF
     m = tl.max(z, 0)
     ms = tl.where(m > NEG_INF, m, 0.0)
-    s = tl.sum(tl.where(present, tl.exp(z - ms), 0.0), 0)
+    s = tl.sum(tl.where(z == NEG_INF, 0.0, tl.exp(z - ms)), 0)
     d = tl.sum(tl.where(present, z - ms, 0.0), 0)
     c = tl.sum(tl.where(present, 1.0, 0.0).to(z.dtype), 0)
     return m, s, d, c
@@ -128,7 +137,8 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
     # (z - m) - log s, not z - lse: exact for the max entry, and no absolute error
     # of eps * |lse| for exp() to amplify (it matters for logits of large magnitude).
     l = (z - m) - log_s
-    p = tl.where(present, tl.exp(l), 0.0)
+    # absent classes get p = 0, or NaN in a NaN row (log s is NaN there: see stats1_block)
+    p = tl.where(present, tl.exp(l), log_s * 0.0)
     zero = tl.zeros_like(z)
     a1 = zero
     ea = zero
@@ -175,7 +185,7 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
     py = tl.exp(ly)
     alpha = tl.load(h_ptr + H_ALPHA)
     beta = tl.load(h_ptr + H_BETA)
-    zero = ly * 0.0
+    zero = tl.zeros_like(ly)  # not ly * 0.0: that is NaN where ly = -inf (CE = +inf is right)
     La = zero
     k1a = zero
     k2a = zero
@@ -193,10 +203,11 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         k2a = u
     if ACTIVE == A_NCE:
         S = d - c * log_s
+        # ratios first: ly * c / S^2 overflows float32 for huge logits where (ly/S)(c/S) does not
         La = ly / S
         k1a = 1.0 / S
-        k2a = -1.0 / S + ly * c / (S * S)
-        k3a = -ly / (S * S)
+        k2a = -1.0 / S + La * (c / S)
+        k3a = -La / S
     if ACTIVE == A_NFL:
         gamma = tl.load(h_ptr + H_GAMMA)
         wy = _pow(1.0 - py, gamma)
@@ -204,8 +215,8 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         num = wy * ly
         La = num / A1
         k1a = uy / A1
-        k2a = -uy / A1 + num * EA / (A1 * A1)
-        k3a = -num / (A1 * A1)
+        k2a = -uy / A1 + La * (EA / A1)
+        k3a = -La / A1
     Lb = zero
     k1b = zero
     k2b = zero
@@ -214,10 +225,11 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         log_pmin = tl.load(h_ptr + H_LOG_PMIN)
         vy = tl.load(h_ptr + H_A_NNCE) + tl.maximum(ly, log_pmin)
         my = tl.where(ly >= log_pmin, 1.0, 0.0)
-        Lb = 1.0 - vy / B1
+        r = vy / B1
+        Lb = 1.0 - r
         k1b = -my / B1
-        k2b = my / B1 - vy * EB / (B1 * B1)
-        k3b = vy / (B1 * B1)
+        k2b = my / B1 - r * (EB / B1)
+        k3b = r / B1
     if PASSIVE == P_NNFL:
         log_pmin = tl.load(h_ptr + H_LOG_PMIN)
         gamma = tl.load(h_ptr + H_GAMMA)
@@ -227,10 +239,11 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         uy = tl.where(ly >= log_pmin, _focal_u(ly, py, wy, gamma, EXACT), 0.0)
         num = a_nnfl + wy * lcy
         den = B1
-        Lb = 1.0 - num / den
+        r = num / den
+        Lb = 1.0 - r
         k1b = -uy / den
-        k2b = uy / den - num * EB / (den * den)
-        k3b = num / (den * den)
+        k2b = uy / den - r * (EB / den)
+        k3b = r / den
     if PASSIVE == P_MAE:
         Lb = 1.0 - py
         k1b = -py
@@ -265,6 +278,10 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         Lb = tl.exp(-py / a)
         k1b = -Lb / a * py
         k2b = -k1b
-    L = alpha * La + beta * Lb
-    c1 = alpha * k1a + beta * k1b
-    return L, c1, alpha * k2a, beta * k2b, alpha * k3a, beta * k3b, log_s
+    # 0, or NaN in a NaN row (s is NaN there, see stats1_block): added to every output,
+    # since clamps (tl.maximum drops a NaN) and constant coefficients would not carry it.
+    nan_row = log_s * 0.0
+    L = alpha * La + beta * Lb + nan_row
+    c1 = alpha * k1a + beta * k1b + nan_row
+    return (L, c1, alpha * k2a + nan_row, beta * k2b + nan_row, alpha * k3a + nan_row,
+            beta * k3b + nan_row, log_s)

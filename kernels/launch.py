@@ -85,6 +85,23 @@ def row_vec(z3, grad=None) -> int:
     return vec
 
 
+def _device_guard(fn):
+    """Run a launch helper under the CUDA device of its first argument (see _on_device)."""
+    @functools.wraps(fn)
+    def guarded(z, *args, **kwargs):
+        with _on_device(z):
+            return fn(z, *args, **kwargs)
+    return guarded
+
+
+def _on_device(t):
+    """The launch guard: Triton launches on the *current* CUDA device, so every launch
+    runs under the tensors' own device (tensors on cuda:1 while cuda:0 is current)."""
+    if t.device.type == "cuda":
+        return torch.cuda.device(t.device)
+    return contextlib.nullcontext()
+
+
 @dataclass(frozen=True)
 class Plan:
     """How row_loss runs rows of K classes: the path, its block, warps and, for split
@@ -127,6 +144,7 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
     return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg), grid=grid if grid < rows else 0)
 
 
+@_device_guard
 def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_index,
              compute_grad, grad_dtype=None, out=None):
     """Per-row loss (compute dtype, weighted, 0 on ignored rows) and, if asked, the gradient.
@@ -196,6 +214,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
 # -> shard_finish. Each step reads this rank's (N, K_local, D) shard once.
 
 
+@_device_guard
 def shard_stats1(z3):
     """(rows, 1, 4) float stats1 (max, sum exp, sum (z - max), #present) of the local shard."""
     n, k, d = z3.shape
@@ -208,6 +227,7 @@ def shard_stats1(z3):
     return part
 
 
+@_device_guard
 def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
     """(rows, 1, 5) stats2 sums of the local shard, given all ranks' stats1 (rows, W, 4)."""
     n, k, d = z3.shape
@@ -222,6 +242,7 @@ def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
     return part2
 
 
+@_device_guard
 def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, active, passive,
                  exact, ignore_index, compute_grad):
     """Per-row loss and this shard's gradient columns from the combined statistics."""
@@ -244,3 +265,23 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
 
 def _dt(z):
     return tl.float64 if z.dtype == torch.float64 else tl.float32
+
+
+# ------------------------------------------------ backward: scale the stored gradient
+
+
+def scale_(grad, grad_output):
+    """``grad *= grad_output`` in place, for ``grad`` (N, K, D) contiguous and
+    ``grad_output`` a 1-element tensor (a no-op on the device when it is 1) or one
+    value per sample (N * D). Launched on the gradient's device; no host sync."""
+    from .scale import scale_kernel
+    n, k, d = grad.shape
+    numel = grad.numel()
+    if numel == 0:
+        return grad
+    block = 4096
+    with _on_device(grad):
+        scale_kernel[(triton.cdiv(numel, block),)](
+            grad, grad_output, numel, k * d, d, PER_ROW=grad_output.numel() != 1, BLOCK=block,
+            DT=_dt(grad), num_warps=8)
+    return grad

@@ -1,0 +1,30 @@
+"""Backward's only work: the gradient stored by forward times ``grad_output``, in place.
+
+Forward already wrote the gradient of the reduced loss, so backward multiplies it by
+``grad_output`` (a scalar, or one value per sample for ``reduction="none"``). A scalar
+``grad_output`` of exactly 1 (``loss.backward()``) needs no pass at all: every program
+reads the scalar first and returns when it is 1, so the ``N x K`` gradient is neither
+read nor written, and the host never learns the value (no synchronisation).
+"""
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def scale_kernel(g_ptr, go_ptr, numel, KD, D, PER_ROW: tl.constexpr, BLOCK: tl.constexpr,
+                 DT: tl.constexpr):
+    """g[i] *= go (scalar) or go[row(i)], for g contiguous of shape (N, K, D):
+    element i belongs to sample ``(i // (K D)) D + i % D``."""
+    pid = tl.program_id(0).to(tl.int64)
+    offs = pid * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < numel
+    if PER_ROW:
+        rows = (offs // KD) * D + offs % D
+        go = tl.load(go_ptr + rows, mask=mask, other=1.0).to(DT)
+        g = tl.load(g_ptr + offs, mask=mask)
+        tl.store(g_ptr + offs, (g.to(DT) * go).to(g_ptr.dtype.element_ty), mask=mask)
+    else:
+        go = tl.load(go_ptr).to(DT)
+        if go != 1.0:
+            g = tl.load(g_ptr + offs, mask=mask)
+            tl.store(g_ptr + offs, (g.to(DT) * go).to(g_ptr.dtype.element_ty), mask=mask)
