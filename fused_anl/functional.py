@@ -163,17 +163,17 @@ def _setup(ctx, logits, target, weight, call, dims):
 
 _NO_SECOND = ("fused_anl.{name}: its gradient is computed in closed form and has no autograd "
               "graph, so it cannot be differentiated again (a gradient penalty or other "
-              "second derivative through this loss). Call the loss with double_backward=True "
-              "to differentiate the eager reference instead (exact; costs the reference's "
-              "time and memory).")
+              "second derivative through this loss). {hint}")
+_HINT = ("Call the loss with double_backward=True to differentiate the eager reference "
+         "instead (exact; costs the reference's time and memory).")
 
 
-def _no_second_derivative(g, name):
+def _no_second_derivative(g, name, hint=_HINT):
     """The gradient, made to raise a clear error if anything differentiates it: backward
     ran with ``create_graph=True`` and the result would otherwise be a gradient with no
     graph, i.e. a silently zero second derivative (the mechanism of
     ``torch.autograd.function.once_differentiable``)."""
-    err = torch._C._functions.DelayedError(_NO_SECOND.format(name=name).encode(), 1)
+    err = torch._C._functions.DelayedError(_NO_SECOND.format(name=name, hint=hint).encode(), 1)
     g = g.detach()
     g.requires_grad_(True)
     return err(g)

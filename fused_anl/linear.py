@@ -205,6 +205,11 @@ class _LinearLoss(torch.autograd.Function):
         wdt = ctx.dtypes[1]
         gw = gw.to(wdt) if gw is not None else None
         gb = gb.to(wdt) if gb is not None else None
+        if torch.is_grad_enabled():  # create_graph=True: refuse a silently zero 2nd derivative
+            from .functional import _no_second_derivative
+            hint = "Compute the logits and use the plain loss with double_backward=True."
+            gh, gw, gb = (None if g is None else _no_second_derivative(g, "linear_loss", hint)
+                          for g in (gh, gw, gb))
         return gh, gw, gb, None, None, None, None, None, None
 
 

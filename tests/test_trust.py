@@ -278,3 +278,27 @@ def test_backward_with_unit_grad_output_touches_no_gradient_memory(monkeypatch, 
     (ref,) = torch.autograd.grad(fused_anl.reference.anl_ce(z, t, reduction=reduction), z,
                                  grad_out)
     torch.testing.assert_close(z.grad, ref, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_linear_loss_second_derivative_raises(reduction):
+    h = torch.randn(4, 3, device=DEVICE, requires_grad=True)
+    w = torch.randn(6, 3, device=DEVICE, requires_grad=True)
+    t = torch.randint(0, 6, (4,), device=DEVICE)
+    out = fused_anl.linear_loss("anl_ce", h, w, t, reduction=reduction)
+    (gh,) = torch.autograd.grad(out.sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="double_backward=True"):
+        (gh ** 2).sum().backward()
+
+
+def test_linear_loss_nan_row():
+    h = torch.randn(4, 3, device=DEVICE)
+    h[1, 0] = float("nan")
+    w = torch.randn(6, 3, device=DEVICE)
+    t = torch.randint(0, 6, (4,), device=DEVICE)
+    hr, wr = h.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    out = fused_anl.linear_loss("anl_ce", hr, wr, t, reduction="none", chunk_size=2)
+    out.sum().backward()
+    ref = fused_anl.reference.anl_ce(h @ w.t(), t, reduction="none")
+    assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[1])
+    assert torch.isnan(hr.grad[1]).all() and torch.isfinite(hr.grad[[0, 2, 3]]).all()
