@@ -84,3 +84,49 @@ def test_autocast_bf16_logits():
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32
     loss.backward()
     assert torch.isfinite(lin.weight.grad).all()
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_tensors_on_another_device_than_the_current_one():
+    """Launches run under the tensors' device (kernels/launch.py _device_guard)."""
+    torch.cuda.set_device(0)
+    z = torch.randn(16, 3000, device="cuda:1", dtype=torch.float64)
+    t = torch.randint(0, 3000, (16,), device="cuda:1")
+    for reduction in ("mean", "none"):
+        x = z.clone().requires_grad_(True)
+        out = fused_anl.anl_ce(x, t, reduction=reduction, backend="triton")
+        out.sum().backward()
+        xr = z.clone().requires_grad_(True)
+        ref = fused_anl.reference.anl_ce(xr, t, reduction=reduction)
+        ref.sum().backward()
+        torch.testing.assert_close(out, ref)
+        torch.testing.assert_close(x.grad, xr.grad)
+
+
+def test_sliced_int64_labels_and_unit_grad_output_on_cuda():
+    """target[1:] starts 8 bytes past a 16-byte boundary; backward with grad_output 1
+    (no pass over the gradient) and 2.5 (one pass) against the reference."""
+    z = torch.randn(33, 5000, device="cuda")
+    tt = torch.randint(0, 5000, (34,), device="cuda")
+    t = tt[1:]
+    assert t.data_ptr() % 16 == 8
+    for go in (1.0, 2.5):
+        x = z.clone().requires_grad_(True)
+        fused_anl.anl_ce(x, t, reduction="sum").backward(torch.tensor(go, device="cuda"))
+        xr = z.clone().requires_grad_(True)
+        fused_anl.reference.anl_ce(xr, t, reduction="sum").backward(torch.tensor(go, device="cuda"))
+        torch.testing.assert_close(x.grad, xr.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_nan_and_inf_rows_on_cuda():
+    """A NaN or +inf logit makes its row NaN on the GPU too (tl.max may drop a NaN there)."""
+    for k in (1000, 50000):
+        z = torch.randn(4, k, device="cuda", dtype=torch.bfloat16)
+        z[1, 7] = float("nan")
+        z[2, 9] = float("inf")
+        t = torch.randint(0, k, (4,), device="cuda")
+        x = z.clone().requires_grad_(True)
+        out = fused_anl.anl_ce(x, t, reduction="none")
+        out.sum().backward()
+        assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3]]).all()
+        assert torch.isnan(x.grad[1:3]).all() and torch.isfinite(x.grad[[0, 3]]).all()
