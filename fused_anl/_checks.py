@@ -92,6 +92,6 @@ def _check_labels(name, logits, target, ignore_index, k):
     if logits is None:
         return
     rows = logits.movedim(1, -1).reshape(-1, k)
-    zy = rows[keep].gather(1, t[keep].unsqueeze(1))
+    zy = rows.gather(1, t.clamp(0, k - 1).unsqueeze(1))[keep]  # N values read, no N x K copy
     if bool(torch.isneginf(zy).any()):
         raise ValueError(f"{name}: a label points at an absent class (its logit is -inf)")

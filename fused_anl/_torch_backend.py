@@ -16,9 +16,9 @@ is a parallel region).
 
 Non-finite logits: ``-inf`` is an absent class (SPEC). A NaN or ``+inf`` anywhere in a
 row makes ``log_softmax`` of that row NaN everywhere; :func:`_poison` (the one place,
-for every loss and every path) then makes that row's loss NaN (0 if the row is
-ignored, as the reference and ``F.cross_entropy`` give) and its whole gradient row
-NaN, where some terms' clamps and ``where`` would otherwise drop the NaN.
+for every loss and every path) then makes that row's loss and its whole gradient row
+NaN, where some terms' clamps and ``where`` would otherwise drop the NaN (an ignored
+row: loss and gradient 0, whatever its logits).
 """
 from __future__ import annotations
 
@@ -209,17 +209,17 @@ def _bad_rows(L):
 
 
 def _poison(loss, G, bad_row, ly, valid):
-    """The non-finite rule, in one place for every loss and path: a row with a NaN or +inf
-    logit (``bad_row``) gets a NaN gradient row and, unless ignored, a NaN loss (as the
-    reference and ``F.cross_entropy``); so does a counted row whose label logit is
-    unusable (absent class, or a label outside [0, K): ``ly`` is NaN). Some terms'
-    clamps and ``where`` would otherwise drop the NaN (GCE, AGCE, AUL)."""
+    """The non-finite rule, in one place for every loss and path: a counted row with a NaN
+    or +inf logit (``bad_row``) gets a NaN loss and a NaN gradient row; so does a counted
+    row whose label logit is unusable (absent class, or a label outside [0, K): ``ly`` is
+    NaN). Some terms' clamps and ``where`` would otherwise drop the NaN (GCE, AGCE, AUL).
+    An ignored row takes no part whatever its logits: loss 0 and gradient exactly 0 (the
+    Triton kernels and the reference do the same; F.cross_entropy's gradient is NaN there)."""
     bad_loss = valid & (bad_row | torch.isnan(ly))
     loss.masked_fill_(bad_loss, _NAN)
-    if G is not None:
-        bad = bad_row | bad_loss
-        if bool(bad.any()):
-            G.masked_fill_(bad[:, None], _NAN)
+    if G is not None and bool((bad_row | bad_loss).any()):
+        G.masked_fill_(bad_loss[:, None], _NAN)
+        G.masked_fill_((bad_row & ~valid)[:, None], 0.0)
     return loss
 
 

@@ -193,16 +193,21 @@ def _reference_grad(ctx, grad_out):
     return g
 
 
-def _backward(ctx, grad, grad_out):
-    """Scale the stored gradient by grad_output (scalar, or per sample for "none")."""
-    call = ctx.call
-    if torch.is_grad_enabled() and call.double_backward:
-        return _reference_grad(ctx, grad_out)
+def _check_not_consumed(ctx):
+    """Before the saved gradient is unpacked (autograd's own version check would fire
+    first, with a less helpful message)."""
     if ctx.consumed:
         raise RuntimeError(
             "fused_anl: backward ran twice through the same loss call, but its stored "
             "gradient was scaled in place by the first one. Make the call inside "
             "`with fused_anl.repeatable_backward():` to allow repeated backward passes.")
+
+
+def _backward(ctx, grad, grad_out):
+    """Scale the stored gradient by grad_output (scalar, or per sample for "none")."""
+    call = ctx.call
+    if torch.is_grad_enabled() and call.double_backward:
+        return _reference_grad(ctx, grad_out)
     n, k, d = ctx.dims
     grad = grad.reshape(n, k, d)
     transformed = _functorch_wrapped(grad_out) or _functorch_wrapped(grad)
@@ -234,6 +239,7 @@ class _FusedLoss(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, _):
+        _check_not_consumed(ctx)
         (grad,) = ctx.saved_tensors
         return _backward(ctx, grad, grad_out), None, None, None, None, None
 
@@ -280,6 +286,7 @@ class _FusedLossInplace(torch.autograd.Function):
                 "drop inplace_backward=True.")
         if grad_out is None:
             return None, None, None, None, None, None
+        _check_not_consumed(ctx)
         (grad,) = ctx.saved_tensors
         return _backward(ctx, grad, grad_out), None, None, None, None, None
 

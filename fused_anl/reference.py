@@ -1,11 +1,12 @@
-"""Eager PyTorch implementations of every loss in SPEC.md: the oracle.
+"""Eager PyTorch implementations of every loss of docs/semantics.md: the oracle.
 
-Written to follow SPEC.md to the letter and differentiated by autograd, with no
+Written to follow docs/semantics.md to the letter and differentiated by autograd, with no
 attempt at speed or memory economy. Arithmetic is float32 whatever the logits'
 dtype (as in the published code), float64 for float64 logits. The signatures are
 those of the fused functional API (``backend`` is accepted and ignored).
 
-Absent classes (``-inf`` logits) take part in no sum, per SPEC.md.
+Absent classes (``-inf`` logits) take part in no sum (docs/semantics.md). Ignored samples
+contribute a loss of 0 and a gradient of 0 whatever their logits (NaN included).
 """
 from __future__ import annotations
 
@@ -98,6 +99,9 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
     z = logits.movedim(1, -1).reshape(-1, k).to(compute_dtype(logits.dtype))
     t = target.reshape(-1).long()
     keep = t != ignore_index
+    # ignored rows take no part: their logits, NaN or not, get an exact zero gradient
+    # (F.cross_entropy gives NaN there: log_softmax's backward computes 0 * exp(NaN))
+    z = torch.where(keep[:, None], z, torch.zeros((), dtype=z.dtype, device=z.device))
     # a comparison, not one_hot (which reads the labels' values: not vmappable)
     y_onehot = torch.arange(k, device=z.device) == torch.where(keep, t, 0).clamp(0, k - 1)[:, None]
     present = z > float("-inf")

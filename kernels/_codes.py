@@ -12,6 +12,12 @@ P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL = 0, 1, 2, 3, 
  H_P_FLOOR) = range(11)
 H_SIZE = 11
 
+# Per-row statistics as they travel between launches (split rows, class-parallel shards):
+# stats1 = (max, sum exp(z - max), sum (z - max), #present); stats2 = the lse-dependent
+# sums (A1, EA, B1, EB, BC) of kernels/_terms.py ``elementwise``.
+STATS1 = 4
+STATS2 = 5
+
 
 def needs_stats2(active: int, passive: int) -> bool:
     """Terms whose row sums need the final lse (a second reduction over the row)."""

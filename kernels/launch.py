@@ -9,7 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._codes import needs_stats2
+from ._codes import STATS1, STATS2, needs_stats2
 from .row_loss import (
     row_loss_kernel,
     split_finish_kernel,
@@ -128,11 +128,16 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1) -> Plan:
+def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1,
+         shard=False) -> Plan:
     """The launch plan under ``cfg`` (default: the current config) on a device with
     ``sms`` SMs (``cfg.sms`` overrides it). ``inplace``: the gradient overwrites the
-    logits, which rules out split rows."""
+    logits, which rules out split rows. ``shard``: a class-parallel shard of K classes,
+    read as one chunk of the split-row kernels."""
     cfg = cfg or _config
+    if shard:
+        block = min(cfg.block_k, triton.next_power_of_2(k))
+        return Plan("split", block, _warps(block, cfg), chunk=k, chunks=1)
     if k <= cfg.max_single_k:
         block = triton.next_power_of_2(k)
         return Plan("single", block, _warps(block, cfg))
@@ -160,7 +165,6 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     """
     n, k, d = z3.shape
     rows = n * d
-    dt = tl.float64 if z3.dtype == torch.float64 else tl.float32
     cdtype = torch.float64 if z3.dtype == torch.float64 else torch.float32
     loss = torch.empty(rows, dtype=cdtype, device=z3.device)
     grad = None
@@ -169,77 +173,110 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
                                                        device=z3.device)
     if rows == 0:
         return loss, grad
-    g_arg = grad if grad is not None else loss  # never written when compute_grad is False
-    g_strides = grad.stride() if grad is not None else (0, 0, 0)
-    w_arg = weight if weight is not None else hyper
-    den_arg = den if den is not None else hyper
-    s_n, s_k, s_d = z3.stride()
-    common = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=dt, VEC=row_vec(z3, grad))
     pl = plan(rows, k, inplace=out is not None and out.data_ptr() == z3.data_ptr(),
               sms=sm_count(z3.device))
+    loss_args = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3),
+                     VEC=row_vec(z3, grad))
     if pl.path in ("single", "stream"):
         row_loss_kernel[(pl.grid or rows,)](
-            z3, target, w_arg, hyper, den_arg, loss, g_arg,
-            k, d, s_n, s_k, s_d, *g_strides, ignore_index, rows,
-            HAS_WEIGHT=weight is not None, MEAN=den is not None, COMPUTE_GRAD=compute_grad,
-            SINGLE=pl.path == "single", NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block,
-            PERSISTENT=pl.grid > 0, num_warps=pl.num_warps, **common,
-        )
+            **_logits(z3), **_labels(target, weight, den, hyper, ignore_index),
+            **_outputs(loss, grad), ROWS=rows,
+            COMPUTE_GRAD=compute_grad, SINGLE=pl.path == "single",
+            NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block, PERSISTENT=pl.grid > 0,
+            num_warps=pl.num_warps, **loss_args)
         return loss, grad
-    chunk, p, warps = pl.chunk, pl.chunks, pl.num_warps
-    p_block = triton.next_power_of_2(p)
-    part1 = torch.empty((rows, p, 4), dtype=cdtype, device=z3.device)
-    split_stats1_kernel[(rows, p)](
-        z3, part1, k, d, s_n, s_k, s_d, chunk, BLOCK_K=pl.block, DT=dt, VEC=common["VEC"],
-        num_warps=warps)
-    part2 = part1
-    if needs_stats2(active, passive):
-        part2 = torch.empty((rows, p, 5), dtype=cdtype, device=z3.device)
-        split_stats2_kernel[(rows, p)](
-            z3, target, hyper, part1, part2, k, d, s_n, s_k, s_d, chunk, p,
-            BLOCK_K=pl.block, P_BLOCK=p_block, num_warps=warps, **common)
-    split_finish_kernel[(rows, p if compute_grad else 1)](
-        z3, target, w_arg, hyper, den_arg, hyper, part1, part2, loss, g_arg,
-        k, d, s_n, s_k, s_d, *g_strides, ignore_index, chunk, p, p,
-        HAS_WEIGHT=weight is not None, MEAN=den is not None, SHARDED=False,
-        COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block,
-        P_BLOCK=p_block, num_warps=warps,
-        **common,
-    )
+    part1 = _stats1_partials(z3, pl)
+    part2 = _stats2_partials(z3, target, hyper, part1, pl, active=active, passive=passive,
+                             exact=exact) if needs_stats2(active, passive) else part1
+    _finish(z3, target, weight, den, hyper, hyper, part1, part2, loss, grad, pl,
+            ignore_index=ignore_index, sharded=False, compute_grad=compute_grad, **loss_args)
     return loss, grad
+
+
+# Kernel arguments in labelled groups (the names are the kernels' parameters).
+
+def _logits(z3):
+    """The logits: an (N, K, D) view of any strides."""
+    n, k, d = z3.shape
+    s_n, s_k, s_d = z3.stride()
+    return dict(z_ptr=z3, K=k, D=d, s_n=s_n, s_k=s_k, s_d=s_d)
+
+
+def _labels(target, weight, den, hyper, ignore_index):
+    """Labels, class (or, sharded, per-row) weights, the mean's divisor, constants."""
+    return dict(t_ptr=target, w_ptr=weight if weight is not None else hyper, h_ptr=hyper,
+                den_ptr=den if den is not None else hyper, ignore_index=ignore_index,
+                HAS_WEIGHT=weight is not None, MEAN=den is not None)
+
+
+def _outputs(loss, grad):
+    """Per-row loss and the gradient (never written without COMPUTE_GRAD)."""
+    g_n, g_k, g_d = grad.stride() if grad is not None else (0, 0, 0)
+    return dict(loss_ptr=loss, g_ptr=grad if grad is not None else loss, g_n=g_n, g_k=g_k,
+                g_d=g_d)
+
+
+def _stats1_partials(z3, pl):
+    """Launch 1 of split rows and shards: (rows, chunks, STATS1) stats1 per chunk."""
+    n, k, d = z3.shape
+    part = torch.empty((n * d, pl.chunks, STATS1), dtype=_cdtype(z3), device=z3.device)
+    split_stats1_kernel[(n * d, pl.chunks)](
+        **_logits(z3), part_ptr=part, CHUNK=pl.chunk,
+        BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3), num_warps=pl.num_warps)
+    return part
+
+
+def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact):
+    """Launch 2: (rows, chunks, STATS2) lse-dependent sums per chunk, each program first
+    combining the row's stats1 partials (one per chunk, or per rank for shards)."""
+    n, k, d = z3.shape
+    part2 = torch.empty((n * d, pl.chunks, STATS2), dtype=parts1.dtype, device=z3.device)
+    split_stats2_kernel[(n * d, pl.chunks)](
+        **_logits(z3), t_ptr=target, h_ptr=hyper, part1_ptr=parts1, part2_ptr=part2,
+        CHUNK=pl.chunk, NPART1=parts1.shape[1],
+        ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=pl.block,
+        P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), VEC=row_vec(z3),
+        num_warps=pl.num_warps)
+    return part2
+
+
+def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, *,
+            ignore_index, sharded, compute_grad, ACTIVE, PASSIVE, EXACT, DT, VEC):
+    """Launch 3: the loss (chunk 0 of each row) and each chunk's gradient columns."""
+    n, k, d = z3.shape
+    split_finish_kernel[(n * d, pl.chunks if compute_grad else 1)](
+        **_logits(z3), **_labels(target, weight, den, hyper, ignore_index),
+        **_outputs(loss, grad), zy_ptr=zy, part1_ptr=parts1, part2_ptr=parts2,
+        CHUNK=pl.chunk, NPART1=parts1.shape[1], NPART2=parts2.shape[1],
+        SHARDED=sharded, COMPUTE_GRAD=compute_grad,
+        NEEDS2=needs_stats2(ACTIVE, PASSIVE), BLOCK_K=pl.block,
+        P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])),
+        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, DT=DT, VEC=VEC, num_warps=pl.num_warps)
 
 
 # ------------------------------------------------ class-parallel shards (no communication here)
 # fused_anl/distributed.py runs: shard_stats1 -> all_gather -> shard_stats2 -> all_reduce
-# -> shard_finish. Each step reads this rank's (N, K_local, D) shard once.
+# -> shard_finish. Each step reads this rank's (N, K_local, D) shard once, as one chunk
+# of the split-row kernels (plan(..., shard=True)).
 
 
 @_device_guard
 def shard_stats1(z3):
-    """(rows, 1, 4) float stats1 (max, sum exp, sum (z - max), #present) of the local shard."""
+    """(rows, 1, STATS1) stats1 (max, sum exp, sum (z - max), #present) of the local shard."""
     n, k, d = z3.shape
-    cdtype = torch.float64 if z3.dtype == torch.float64 else torch.float32
-    part = torch.empty((n * d, 1, 4), dtype=cdtype, device=z3.device)
-    if n * d:
-        block = min(_config.block_k, triton.next_power_of_2(k))
-        split_stats1_kernel[(n * d, 1)](z3, part, k, d, *z3.stride(), k, BLOCK_K=block,
-                                        DT=_dt(z3), VEC=row_vec(z3), num_warps=_warps(block))
-    return part
+    if n * d == 0:
+        return torch.empty((0, 1, STATS1), dtype=_cdtype(z3), device=z3.device)
+    return _stats1_partials(z3, plan(n * d, k, shard=True))
 
 
 @_device_guard
 def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
-    """(rows, 1, 5) stats2 sums of the local shard, given all ranks' stats1 (rows, W, 4)."""
+    """(rows, 1, STATS2) stats2 sums of the local shard, given all ranks' stats1 (rows, W, STATS1)."""
     n, k, d = z3.shape
-    part2 = torch.empty((n * d, 1, 5), dtype=parts1.dtype, device=z3.device)
-    if n * d:
-        block = min(_config.block_k, triton.next_power_of_2(k))
-        split_stats2_kernel[(n * d, 1)](
-            z3, y_local, hyper, parts1, part2, k, d, *z3.stride(), k, parts1.shape[1],
-            ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=block,
-            P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), VEC=row_vec(z3),
-            num_warps=_warps(block))
-    return part2
+    if n * d == 0:
+        return torch.empty((0, 1, STATS2), dtype=parts1.dtype, device=z3.device)
+    return _stats2_partials(z3, y_local, hyper, parts1, plan(n * d, k, shard=True),
+                            active=active, passive=passive, exact=exact)
 
 
 @_device_guard
@@ -250,21 +287,19 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
     loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
     grad = torch.empty((n, k, d), dtype=z3.dtype, device=z3.device) if compute_grad else None
     if n * d:
-        block = min(_config.block_k, triton.next_power_of_2(k))
-        g_arg = grad if grad is not None else loss
-        split_finish_kernel[(n * d, 1)](
-            z3, y_local, row_weight, hyper, den if den is not None else hyper, zy, parts1, parts2,
-            loss, g_arg, k, d, *z3.stride(), *(grad.stride() if grad is not None else (0, 0, 0)),
-            ignore_index, k, parts1.shape[1], parts2.shape[1], ACTIVE=active, PASSIVE=passive,
-            EXACT=exact, HAS_WEIGHT=True, MEAN=den is not None, SHARDED=True,
-            COMPUTE_GRAD=compute_grad, NEEDS2=needs_stats2(active, passive), BLOCK_K=block,
-            P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])), DT=_dt(z3),
-            VEC=row_vec(z3, grad), num_warps=_warps(block))
+        _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad,
+                plan(n * d, k, shard=True), ignore_index=ignore_index, sharded=True,
+                compute_grad=compute_grad, ACTIVE=active, PASSIVE=passive, EXACT=exact,
+                DT=_dt(z3), VEC=row_vec(z3, grad))
     return loss, grad
 
 
 def _dt(z):
     return tl.float64 if z.dtype == torch.float64 else tl.float32
+
+
+def _cdtype(z):
+    return torch.float64 if z.dtype == torch.float64 else torch.float32
 
 
 # ------------------------------------------------ backward: scale the stored gradient

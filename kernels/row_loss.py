@@ -17,6 +17,7 @@ Nothing here synchronises with the host: out-of-range labels give NaN rows.
 import triton
 import triton.language as tl
 
+from ._codes import STATS1, STATS2
 from ._terms import (
     NEG_INF,
     elementwise,
@@ -25,6 +26,10 @@ from ._terms import (
     merge_stats1,
     stats1_block,
 )
+
+
+S1 = tl.constexpr(STATS1)  # floats per stats1 partial (kernels/_codes.py)
+S2 = tl.constexpr(STATS2)  # floats per stats2 partial
 
 
 @triton.jit
@@ -215,7 +220,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
 def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
     """Combine the P per-chunk stats1 partials of a row (stored as m, s, d, c)."""
     i = tl.arange(0, P_BLOCK)
-    ptr = part_ptr + (row * P + i) * 4
+    ptr = part_ptr + (row * P + i) * S1
     pm = tl.load(ptr, mask=i < P, other=NEG_INF)
     ps = tl.load(ptr + 1, mask=i < P, other=0.0)
     pd = tl.load(ptr + 2, mask=i < P, other=0.0)
@@ -238,7 +243,7 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
     base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
     m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, DT)
-    ptr = part_ptr + (row * P + pid) * 4
+    ptr = part_ptr + (row * P + pid) * S1
     tl.store(ptr, m)
     tl.store(ptr + 1, s)
     tl.store(ptr + 2, d)
@@ -263,7 +268,7 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
     lo = pid * CHUNK
     A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), y, m,
                                        log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
-    ptr = part2_ptr + (row * P + pid) * 5
+    ptr = part2_ptr + (row * P + pid) * S2
     tl.store(ptr, A1)
     tl.store(ptr + 1, EA)
     tl.store(ptr + 2, B1)
@@ -295,7 +300,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     BC = tl.zeros((), DT)
     if NEEDS2:
         i = tl.arange(0, P_BLOCK)
-        ptr = part2_ptr + (row * NPART2 + i) * 5
+        ptr = part2_ptr + (row * NPART2 + i) * S2
         A1 = tl.sum(tl.load(ptr, mask=i < NPART2, other=0.0), 0)
         EA = tl.sum(tl.load(ptr + 1, mask=i < NPART2, other=0.0), 0)
         B1 = tl.sum(tl.load(ptr + 2, mask=i < NPART2, other=0.0), 0)

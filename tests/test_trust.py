@@ -302,3 +302,22 @@ def test_linear_loss_nan_row():
     ref = fused_anl.reference.anl_ce(h @ w.t(), t, reduction="none")
     assert torch.equal(torch.isnan(out), torch.isnan(ref)) and torch.isnan(out[1])
     assert torch.isnan(hr.grad[1]).all() and torch.isfinite(hr.grad[[0, 2, 3]]).all()
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+@pytest.mark.parametrize("path", list(PATHS))
+def test_ignored_rows_with_nan_logits_have_zero_loss_and_gradient(backend, path):
+    """An ignored sample takes no part, whatever its logits (padding positions often hold
+    garbage): loss 0 and gradient exactly 0, on every backend and in the reference."""
+    z = torch.randn(4, 37, device=DEVICE)
+    z[1, 3] = float("nan")
+    z[2, 5] = float("inf")
+    t = torch.tensor([1, -100, -100, 7], device=DEVICE)
+    with launch.config(**PATHS[path]):
+        for reduction in ("mean", "none"):
+            v, g, go = _fused("anl_ce", z, t, backend, reduction)
+            rv, rg = _reference("anl_ce", z, t, go, reduction)
+            assert torch.isfinite(v).all() and torch.isfinite(g).all()
+            assert torch.all(g[1:3] == 0) and torch.all(rg[1:3] == 0)
+            torch.testing.assert_close(v, rv, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(g, rg, rtol=1e-5, atol=1e-6)
