@@ -1,6 +1,15 @@
 """Class-parallel losses over gloo: 2 and 4 CPU processes, each holding a class shard,
-must reproduce the single-process loss and the matching slice of its gradient."""
-import socket
+must reproduce the single-process loss and the matching slice of its gradient.
+
+The ranks of a test meet through a FileStore in a temporary directory of their own
+(dist_worker._init), so no port is chosen, released and raced for. They are started
+by a fork server that has imported torch and fused_anl once, instead of each rank
+importing them again: on a busy 2-core machine that import, not the check, was most
+of the time of a test.
+"""
+import multiprocessing
+import os
+import tempfile
 
 import pytest
 import torch.multiprocessing as mp
@@ -11,16 +20,19 @@ import dist_worker
 
 ALL = sorted(fused_anl.LOSSES)
 
+multiprocessing.set_forkserver_preload(["torch", "fused_anl", "dist_worker"])
 
-def _port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+
+def _spawn_workers(fn, world, *args):
+    """Run fn(rank, world, store, *args) on `world` processes; raise the first failure
+    (with its traceback) if any rank fails."""
+    with tempfile.TemporaryDirectory(prefix="fused_anl_gloo_") as d:
+        mp.start_processes(fn, args=(world, os.path.join(d, "store"), *args), nprocs=world,
+                           join=True, start_method="forkserver")
 
 
 def _spawn(world, names, backends, boundary_labels=True):
-    mp.spawn(dist_worker.run, args=(world, _port(), names, backends, boundary_labels),
-             nprocs=world, join=True)
+    _spawn_workers(dist_worker.run, world, names, backends, boundary_labels)
 
 
 def test_two_ranks_every_loss_torch_backend():
@@ -47,7 +59,7 @@ def test_which_losses_need_a_second_collective():
 
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_linear_loss_with_sharded_weight(backend):
-    mp.spawn(dist_worker.run_linear, args=(2, _port(), backend), nprocs=2, join=True)
+    _spawn_workers(dist_worker.run_linear, 2, backend)
 
 
 def test_class_parallel_example_reproduces_single_process_curve():
