@@ -15,6 +15,11 @@ INDEX_DTYPES = (torch.int64, torch.int32)
 REDUCTIONS = ("mean", "sum", "none")
 
 
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The arithmetic dtype of every path: float64 for float64 logits, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
 def _compiling() -> bool:
     try:
         return torch.compiler.is_compiling()

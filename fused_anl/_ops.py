@@ -12,25 +12,18 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from . import _hyper, _torch_backend
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The arithmetic dtype of every path: float64 for float64 logits, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from . import _backend
+from ._checks import compute_dtype
 
 
 def run_row_loss(z3, target, weight, hyper: List[float], den, active: int, passive: int,
                  exact: bool, ignore_index: int, compute_grad: bool, backend: str, out=None):
-    """Eager dispatch to a backend (also used directly by the fused linear loss)."""
-    kw = dict(active=active, passive=passive, exact=exact, ignore_index=ignore_index,
-              compute_grad=compute_grad, out=out)
-    cdt = compute_dtype(z3.dtype)
-    if backend == "triton":
-        from .kernels import launch
-        hv = _hyper.device_tensor(tuple(hyper), str(z3.device), cdt)
-        return launch.row_loss(z3, target, weight, hv, den, **kw)
-    return _torch_backend.row_loss(z3, target, weight, _hyper.by_name(hyper), den, **kw)
+    """Eager dispatch to a backend (fused_anl/_backend.py), outside any custom op (the
+    in-place variant, whose output aliases its input, and the fused linear loss)."""
+    return _backend.get(backend).row_loss(z3, target, weight, hyper, den, active=active,
+                                          passive=passive, exact=exact,
+                                          ignore_index=ignore_index, compute_grad=compute_grad,
+                                          out=out)
 
 
 @torch.library.custom_op("fused_anl::row_loss", mutates_args=())
@@ -61,20 +54,10 @@ def _host_scalar_ok(go: torch.Tensor) -> bool:
 
 def scale_grad(grad: torch.Tensor, grad_output: torch.Tensor, backend: str) -> None:
     """Eager ``grad *= grad_output`` in place (see ``fused_anl::scale_grad_``)."""
-    n, k, d = grad.shape
-    go = grad_output.reshape(-1).to(grad.device).contiguous()  # an expanded grad_output has stride 0
-    if _host_scalar_ok(go):
-        if go.item() != 1.0:  # a CPU scalar: reading it costs no device synchronisation
-            grad.mul_(go.to(compute_dtype(grad.dtype)))
+    go = grad_output.reshape(-1).to(grad.device).contiguous()  # an expanded one has stride 0
+    if _host_scalar_ok(go) and go.item() == 1.0:
         return
-    if backend == "triton" and grad.is_contiguous():
-        from .kernels import launch
-        launch.scale_(grad, go)
-        return
-    if go.numel() == 1:
-        grad.mul_(go)
-    else:
-        grad.mul_(go.reshape(n, 1, d).to(compute_dtype(grad.dtype)))
+    _backend.get(backend).scale_(grad, go)
 
 
 @torch.library.custom_op("fused_anl::scale_grad_", mutates_args=("grad",))

@@ -377,3 +377,67 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
 def _overlaps(a, b):
     sa, sb = a.untyped_storage(), b.untyped_storage()
     return sa.data_ptr() == sb.data_ptr()
+
+
+# ------------------------------------------------ class-parallel shards (as kernels/launch.py)
+
+
+def shard_stats1(z3):
+    """(rows, 1, STATS1) stats1 (max, sum exp, sum (z - max), #present) of the local shard
+    (max -inf for a row with no present class on this shard)."""
+    n, k, d = z3.shape
+    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    parts = [torch.empty((0, 4), dtype=cdt, device=z3.device)]
+    for _, _, z in _row_chunks(z3):
+        ms, s, dsum, c = _stats1(z)
+        parts.append(torch.stack([torch.where(c > 0, ms, _NEG_INF), s, dsum, c], 1))
+    return torch.cat(parts)[:, None, :]
+
+
+def shard_stats2(z3, y_local, hv, parts1, *, active, passive, exact):
+    """(rows, 1, STATS2) stats2 sums of the local shard, given all ranks' stats1."""
+    n, k, d = z3.shape
+    ms, s, _, _ = merge_stats1(parts1)
+    part2 = torch.zeros((n * d, 1, 5), dtype=parts1.dtype, device=z3.device)
+    for n0, n1, z in _row_chunks(z3):
+        r = slice(n0 * d, n1 * d)
+        y = y_local[r]
+        part2[r, 0] = stats2_sums(z, y, (y >= 0) & (y < k), ms[r], torch.log(s[r]), hv, active,
+                                  passive, exact)
+    return part2
+
+
+def shard_finish(z3, y_local, row_weight, zy, hv, den, parts1, parts2, *, active, passive,
+                 exact, ignore_index, compute_grad):
+    """Per-row loss and this shard's gradient columns from the combined statistics
+    (``zy``: the label logit, gathered from the rank that holds it; -inf: none does)."""
+    n, k, d = z3.shape
+    cdt = parts1.dtype
+    ms, s, dsum, c = merge_stats1(parts1)
+    log_s = torch.log(s)
+    valid = y_local != ignore_index
+    zy = torch.where(zy > _NEG_INF, zy, _NAN)
+    scale = row_weight / den.to(cdt) if den is not None else row_weight
+    loss = torch.empty(n * d, dtype=cdt, device=z3.device)
+    grad = torch.empty((n, k, d), dtype=z3.dtype, device=z3.device) if compute_grad else None
+    for n0, n1, z in _row_chunks(z3):
+        r = slice(n0 * d, n1 * d)
+        y = y_local[r]
+        lr, g = _finish(z, y, (y >= 0) & (y < k), valid[r], zy[r], row_weight[r], scale[r], ms[r],
+                        log_s[r], c[r], dsum[r], list(parts2[r, 0].unbind(1)), hv, active, passive,
+                        exact, compute_grad)
+        loss[r] = lr
+        if compute_grad:
+            grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
+    return loss, grad
+
+
+def scale_(grad, grad_output):
+    """``grad *= grad_output`` in place: a 1-element tensor, or one value per sample."""
+    n, k, d = grad.shape
+    cdt = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    if grad_output.numel() == 1:
+        grad.mul_(grad_output.reshape(()).to(cdt))
+    else:
+        grad.mul_(grad_output.reshape(n, 1, d).to(cdt))
+    return grad

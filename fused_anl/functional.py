@@ -31,9 +31,8 @@ import torch
 
 from . import _hyper, _ops
 from . import _registry as R
-from ._checks import _compiling, check_inputs
+from ._checks import _compiling, check_inputs, compute_dtype
 from ._checks import functorch_wrapped as _functorch_wrapped
-from ._ops import compute_dtype
 
 BACKENDS = ("auto", "triton", "torch")
 

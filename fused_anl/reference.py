@@ -15,11 +15,7 @@ import math
 import torch
 
 from . import _registry as R
-from ._checks import check_inputs
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ._checks import check_inputs, compute_dtype  # noqa: F401 (compute_dtype: public here)
 
 
 def _focal_weight(p, gamma, detach):
