@@ -14,7 +14,7 @@ cross entropy costs three passes over a cache-resident chunk, and the other loss
 few more: few, large ops, which matters on a CPU shared with other work (every op
 is a parallel region).
 
-Non-finite logits: ``-inf`` is an absent class (SPEC). A NaN or ``+inf`` anywhere in a
+Non-finite logits: ``-inf`` is an absent class (docs/semantics.md). A NaN or ``+inf`` anywhere in a
 row makes ``log_softmax`` of that row NaN everywhere; :func:`_poison` (the one place,
 for every loss and every path) then makes that row's loss and its whole gradient row
 NaN, where some terms' clamps and ``where`` would otherwise drop the NaN (an ignored

@@ -72,7 +72,7 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
         in_range = (y >= 0) & (y < K)
         ys = tl.where(in_range, y, 0)
         zy = tl.load(z_ptr + base + ys * s_k).to(DT)
-        # A label out of range or on an absent class: NaN for this sample (SPEC.md).
+        # A label out of range or on an absent class: NaN for this sample (docs/semantics.md).
         zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
         wy = zy * 0.0 + 1.0
         if HAS_WEIGHT:

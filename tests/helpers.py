@@ -34,7 +34,7 @@ def compute_tol(dtype):
 
 def edge_case_batch(n, k, *, scale=3.0, dtype=torch.float32, device="cpu", seed=0,
                     ignore_index=-100, edge_rows=True):
-    """Random logits with the edge cases SPEC.md cares about in the first rows.
+    """Random logits with the edge cases of docs/semantics.md in the first rows.
 
     row 0: confident (label logit 30 above the rest); row 1: scale 30, so many
     p_k < p_min; row 2: a padded vocabulary (the last third of the classes -inf);
