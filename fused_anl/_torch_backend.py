@@ -135,9 +135,10 @@ def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact):
         La, k1a, k2a = -w * ly, -u, u
     elif active == R.A_NCE:
         # products of ratios rather than ly / S**2: S**2 overflows long before ly / S does
-        r = 1.0 / S
-        La, k1a = ly * r, r
-        k2a, k3a = -r + La * (c * r), -La * r
+        # divisions, not ly * (1 / S): ly / S is exactly 1 when the label holds the whole
+        # normalizer, so 1/S - La/S cancels exactly (as in the kernels)
+        La, k1a = ly / S, 1.0 / S
+        k2a, k3a = -k1a + La * (c / S), -La / S
     elif active == R.A_NFL:
         wy = _pow(1.0 - py, g)
         uy = _focal_u(ly, py, wy, g, exact)
