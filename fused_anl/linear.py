@@ -269,8 +269,23 @@ def _make(name):
     def fn(hidden, weight, target, bias=None, **kwargs):
         return linear_loss(name, hidden, weight, target, bias, **kwargs)
 
+    import inspect
+    P = inspect.Parameter
+    spec = R.LOSSES[name]
+    kw = dict(spec.hyper, reduction="mean", ignore_index=-100, class_weight=None,
+              chunk_size=None, backend="auto")
+    if spec.focal:
+        kw["detach_focal_weight"] = True
+    kw.update(process_group=None, class_start=None)
+    fn.__signature__ = inspect.Signature(
+        [P(a, P.POSITIONAL_OR_KEYWORD) for a in ("hidden", "weight", "target")]
+        + [P("bias", P.POSITIONAL_OR_KEYWORD, default=None)]
+        + [P(k, P.KEYWORD_ONLY, default=v) for k, v in kw.items()])
     fn.__name__ = fn.__qualname__ = f"linear_{name}"
-    fn.__doc__ = f"Fused linear + {name}: see ``fused_anl.linear_loss``."
+    fn.__doc__ = (f"Fused linear + {name} (``{spec.doc}``): the loss of ``hidden @ weight.T + "
+                  f"bias`` without the N x K logits.\n\nSame as ``fused_anl.linear_loss({name!r}, "
+                  "hidden, weight, target, bias, ...)``, whose docstring describes the "
+                  "arguments; the hyperparameters are those of ``fused_anl." + name + "``.")
     return fn
 
 

@@ -5,6 +5,7 @@ The ANL modules (:class:`ANLCELoss`, :class:`ANLFLLoss`) also hold ANL's L1 weig
 """
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -182,6 +183,14 @@ def _make(spec):
                           if anl else [])
                        + ["reduction='mean'", "ignore_index=-100", "weight=None", "backend='auto'"]
                        + (["detach_focal_weight=True"] if spec.focal else [])))
+    P = inspect.Parameter
+    params = ([P("self", P.POSITIONAL_OR_KEYWORD)]
+              + [P(k, P.POSITIONAL_OR_KEYWORD, default=v) for k, v in spec.hyper.items()]
+              + ([P("delta", P.KEYWORD_ONLY, default=0.0)] if anl else [])
+              + [P(k, P.KEYWORD_ONLY, default=v) for k, v in _COMMON.items()
+                 if k != "detach_focal_weight" or spec.focal])
+    __init__.__signature__ = inspect.Signature(params)
+    __init__.__qualname__ = f"{spec.module}.__init__"
     return type(spec.module, (base,), {"loss_name": spec.name, "__init__": __init__,
                                        "__doc__": doc, "__module__": __name__})
 
