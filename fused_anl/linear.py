@@ -35,8 +35,17 @@ def choose_chunk(n: int, k: int, device: torch.device, itemsize: int) -> int:
     return int(max(1, min(n, budget // max(1, k))))
 
 
-def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-            ignore_index, backend, chunk, compute_grad, row_scale=None, shard=None):
+def _call(hyper, active, passive, exact, ignore_index, backend, shard=None):
+    """The call object of the row loss (fused_anl/functional.py ``LossCall``), rebuilt from
+    the flattened arguments of a custom op."""
+    from .functional import LossCall
+    return LossCall(name="linear_loss", hyper=(), constants=tuple(hyper), active=active,
+                    passive=passive, exact=exact, ignore_index=ignore_index, reduction="none",
+                    backend=backend, shard=shard)
+
+
+def _chunks(hidden, weight, bias, target, loss_weight, call, den, chunk, compute_grad,
+            row_scale=None):
     """Yield (start, stop, chunk inputs, per-row loss, logit gradient or None)."""
     n = hidden.shape[0]
     for a in range(0, n, chunk):
@@ -44,15 +53,17 @@ def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passi
         h = hidden[a:b]
         logits = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
         z3 = logits.unsqueeze(-1)
-        if shard is not None:  # weight holds this rank's rows (classes): shard statistics
+        if call.shard is not None:  # weight holds this rank's rows (classes): shard statistics
             from .distributed import sharded_row_loss
-            loss, g = sharded_row_loss(z3, target[a:b], loss_weight, hyper, den, active=active,
-                                       passive=passive, exact=exact, ignore_index=ignore_index,
-                                       compute_grad=compute_grad, backend=backend,
-                                       group=shard[0], class_start=shard[1])
-        else:
-            loss, g = run_row_loss(z3, target[a:b], loss_weight, hyper, den, active, passive,
-                                   exact, ignore_index, compute_grad, backend, out=z3)
+            loss, g = sharded_row_loss(z3, target[a:b], loss_weight, list(call.constants), den,
+                                       active=call.active, passive=call.passive,
+                                       exact=call.exact, ignore_index=call.ignore_index,
+                                       compute_grad=compute_grad, backend=call.backend,
+                                       group=call.shard[0], class_start=call.shard[1])
+        else:  # the gradient overwrites the chunk's logits
+            loss, g = run_row_loss(z3, target[a:b], loss_weight, list(call.constants), den,
+                                   call.active, call.passive, call.exact, call.ignore_index,
+                                   compute_grad, call.backend, out=z3)
         if g is not None:
             g = g.squeeze(-1)
             if row_scale is not None:
@@ -60,28 +71,34 @@ def _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active, passi
         yield a, b, h, loss, g
 
 
-def _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-           ignore_index, backend, chunk, needs, row_scale=None, loss_out=None, shard=None):
+def _grads(hidden, weight, bias, target, loss_weight, call, den, chunk, needs, row_scale=None,
+           loss_out=None):
+    """Gradients of hidden, weight and bias, chunk by chunk: ``g @ weight`` written straight
+    into the hidden gradient's rows, ``g.T @ h`` and ``sum g`` accumulated in float32 (in
+    place with addmm_ when the inputs are float32 or float64; a bf16/fp16 chunk's product
+    is one K x D temporary in the inputs' dtype before the float32 add)."""
     gh = torch.empty_like(hidden) if needs[0] else None
-    gw = torch.zeros(weight.shape, dtype=torch.float32 if weight.dtype != torch.float64
-                     else torch.float64, device=weight.device) if needs[1] else None
-    gb = torch.zeros(bias.shape, dtype=gw.dtype if gw is not None else torch.float32,
-                     device=bias.device) if (bias is not None and needs[2]) else None
-    for a, b, h, loss, g in _chunks(hidden, weight, bias, target, loss_weight, hyper, den, active,
-                                    passive, exact, ignore_index, backend, chunk, True, row_scale,
-                                    shard):
+    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
+    gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if (
+        bias is not None and needs[2]) else None
+    for a, b, h, loss, g in _chunks(hidden, weight, bias, target, loss_weight, call, den, chunk,
+                                    True, row_scale):
         if loss_out is not None:
             loss_out[a:b] = loss
         if gh is not None:
-            gh[a:b] = g @ weight
+            torch.mm(g, weight, out=gh[a:b])
         if gw is not None:
-            gw += g.t() @ h
+            if g.dtype == acc:
+                gw.addmm_(g.t(), h)
+            else:
+                gw += g.t() @ h
         if gb is not None:
             gb += g.sum(0, dtype=gb.dtype)
-    if shard is not None and gh is not None:
+    if call.shard is not None and gh is not None:
         # hidden is replicated: its gradient is the sum of every shard's g @ weight_shard
         import torch.distributed as dist
-        dist.all_reduce(gh, group=shard[0])
+        dist.all_reduce(gh, group=call.shard[0])
     return gh, gw, gb
 
 
@@ -89,19 +106,17 @@ def _empty(x):
     return x.new_empty((0,))
 
 
-def _fwd_impl(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-              ignore_index, backend, chunk, need_h, need_w, need_b, shard=None):
+def _fwd_impl(hidden, weight, bias, target, loss_weight, call, den, chunk, need_h, need_w,
+              need_b):
     cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
     loss = hidden.new_empty((hidden.shape[0],), dtype=cdt)
     if need_h or need_w or need_b:
-        gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, den, active, passive,
-                            exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
-                            loss_out=loss, shard=shard)
+        gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, call, den, chunk,
+                            (need_h, need_w, need_b), loss_out=loss)
     else:
         gh = gw = gb = None
-        for a, b, _, lr, _ in _chunks(hidden, weight, bias, target, loss_weight, hyper, None, active,
-                                      passive, exact, ignore_index, backend, chunk, False,
-                                      shard=shard):
+        for a, b, _, lr, _ in _chunks(hidden, weight, bias, target, loss_weight, call, None,
+                                      chunk, False):
             loss[a:b] = lr
     return (loss, gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
             gb if gb is not None else _empty(hidden))
@@ -113,8 +128,9 @@ def linear_loss_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
                     den: Optional[torch.Tensor], active: int, passive: int, exact: bool,
                     ignore_index: int, backend: str, chunk: int, need_h: bool, need_w: bool,
                     need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _fwd_impl(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-                     ignore_index, backend, chunk, need_h, need_w, need_b)
+    call = _call(hyper, active, passive, exact, ignore_index, backend)
+    return _fwd_impl(hidden, weight, bias, target, loss_weight, call, den, chunk, need_h, need_w,
+                     need_b)
 
 
 @linear_loss_fwd.register_fake
@@ -136,15 +152,15 @@ def linear_loss_bwd_rows(grad_rows: torch.Tensor, hidden: torch.Tensor, weight: 
                          need_h: bool, need_w: bool,
                          need_b: bool) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of reduction="none": recompute each chunk, scale rows by grad_rows."""
-    return _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active,
-                          passive, exact, ignore_index, backend, chunk, need_h, need_w, need_b)
+    call = _call(hyper, active, passive, exact, ignore_index, backend)
+    return _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, call, chunk,
+                          need_h, need_w, need_b)
 
 
-def _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active, passive,
-                   exact, ignore_index, backend, chunk, need_h, need_w, need_b, shard=None):
-    gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, hyper, None, active, passive,
-                        exact, ignore_index, backend, chunk, (need_h, need_w, need_b),
-                        row_scale=grad_rows, shard=shard)
+def _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, call, chunk, need_h,
+                   need_w, need_b):
+    gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, call, None, chunk,
+                        (need_h, need_w, need_b), row_scale=grad_rows)
     return (gh if gh is not None else _empty(hidden), gw if gw is not None else _empty(hidden),
             gb if gb is not None else _empty(hidden))
 
@@ -160,47 +176,51 @@ def _(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active, passi
 
 class _LinearLoss(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, loss_weight, op, reduction, chunk, shard=None):
-        hyper, active, passive, exact, ignore_index, backend = op
+    def forward(ctx, hidden, weight, bias, target, loss_weight, call, chunk):
         need = ctx.needs_input_grad[:3]
         need = (need[0], need[1], bias is not None and need[2])
         cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
         k = loss_weight.shape[0] if loss_weight is not None else weight.shape[0]
-        den = mean_denominator(target, loss_weight, ignore_index, k, cdt) if reduction == "mean" else None
-        early = reduction != "none"  # gradients complete in forward, up to a scalar
-        args = (hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact,
-                ignore_index, backend, chunk, early and need[0], early and need[1], early and need[2])
-        if shard is None:
-            loss, gh, gw, gb = torch.ops.fused_anl.linear_loss_fwd(*args)
+        den = (mean_denominator(target, loss_weight, call.ignore_index, k, cdt)
+               if call.reduction == "mean" else None)
+        early = call.reduction != "none"  # gradients complete in forward, up to a scalar
+        needs = (early and need[0], early and need[1], early and need[2])
+        if call.shard is None:  # the custom op's boundary: the call object flattened
+            loss, gh, gw, gb = torch.ops.fused_anl.linear_loss_fwd(
+                hidden, weight, bias, target, loss_weight, list(call.constants), den,
+                call.active, call.passive, call.exact, call.ignore_index, call.backend, chunk,
+                *needs)
         else:  # collectives inside: not a custom op
-            loss, gh, gw, gb = _fwd_impl(*args, shard=shard)
-        ctx.reduction, ctx.need, ctx.op, ctx.chunk, ctx.shard = reduction, need, op, chunk, shard
+            loss, gh, gw, gb = _fwd_impl(hidden, weight, bias, target, loss_weight, call, den,
+                                         chunk, *needs)
+        ctx.call, ctx.need, ctx.chunk = call, need, chunk
         ctx.dtypes = (hidden.dtype, weight.dtype)
         if early:
             ctx.save_for_backward(gh, gw, gb)
         else:
             ctx.save_for_backward(hidden, weight, bias, target, loss_weight)
-        if reduction == "none":
+        if call.reduction == "none":
             return loss
-        return loss.sum() if reduction == "sum" else loss.sum() / den[0]
+        return loss.sum() if call.reduction == "sum" else loss.sum() / den[0]
 
     @staticmethod
     def backward(ctx, grad_out):
-        need = ctx.need
-        if ctx.reduction != "none":
+        need, call = ctx.need, ctx.call
+        if call.reduction != "none":
             gh, gw, gb = ctx.saved_tensors
             gh = gh * grad_out.to(gh.dtype) if need[0] else None
             gw = gw * grad_out if need[1] else None
             gb = gb * grad_out if need[2] else None
         else:
             hidden, weight, bias, target, loss_weight = ctx.saved_tensors
-            hyper, active, passive, exact, ignore_index, backend = ctx.op
-            args = (grad_out, hidden, weight, bias, target, loss_weight, hyper, active, passive,
-                    exact, ignore_index, backend, ctx.chunk, need[0], need[1], need[2])
-            if ctx.shard is None:
-                gh, gw, gb = torch.ops.fused_anl.linear_loss_bwd_rows(*args)
+            if call.shard is None:
+                gh, gw, gb = torch.ops.fused_anl.linear_loss_bwd_rows(
+                    grad_out, hidden, weight, bias, target, loss_weight, list(call.constants),
+                    call.active, call.passive, call.exact, call.ignore_index, call.backend,
+                    ctx.chunk, *need)
             else:
-                gh, gw, gb = _bwd_rows_impl(*args, shard=ctx.shard)
+                gh, gw, gb = _bwd_rows_impl(grad_out, hidden, weight, bias, target, loss_weight,
+                                            call, ctx.chunk, *need)
             gh, gw, gb = (gh if need[0] else None), (gw if need[1] else None), (gb if need[2] else None)
         wdt = ctx.dtypes[1]
         gw = gw.to(wdt) if gw is not None else None
@@ -210,7 +230,7 @@ class _LinearLoss(torch.autograd.Function):
             hint = "Compute the logits and use the plain loss with double_backward=True."
             gh, gw, gb = (None if g is None else _no_second_derivative(g, "linear_loss", hint)
                           for g in (gh, gw, gb))
-        return gh, gw, gb, None, None, None, None, None, None
+        return gh, gw, gb, None, None, None, None
 
 
 def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ignore_index=-100,
@@ -258,11 +278,13 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
                                                             hidden.element_size())
     if chunk < 1:
         raise ValueError(f"linear_{name}: chunk_size must be >= 1, got {chunk_size}")
-    op = (_hyper.constants(h, spec.passive), spec.active, spec.passive, not detach_focal_weight,
-          ignore_index, b)
-    shard = (process_group, class_start) if process_group is not None else None
-    return _LinearLoss.apply(hidden, weight, bias, target.reshape(-1), class_weight, op, reduction,
-                             chunk, shard)
+    from .functional import LossCall
+    call = LossCall(name=name, hyper=tuple((key, h[key]) for key in spec.hyper),
+                    constants=tuple(_hyper.constants(h, spec.passive)), active=spec.active,
+                    passive=spec.passive, exact=not detach_focal_weight,
+                    ignore_index=int(ignore_index), reduction=reduction, backend=b,
+                    shard=(process_group, class_start) if process_group is not None else None)
+    return _LinearLoss.apply(hidden, weight, bias, target.reshape(-1), class_weight, call, chunk)
 
 
 def _make(name):
