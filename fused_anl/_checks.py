@@ -30,6 +30,8 @@ def _compiling() -> bool:
 def functorch_wrapped(t) -> bool:
     """True for a tensor seen inside a ``torch.func`` transform (grad, vmap, jacrev...),
     where reading values (the label checks) is data-dependent control flow."""
+    if _compiling():  # dynamo cannot trace these C queries; compiled code sees no wrappers
+        return False
     f = torch._C._functorch
     return isinstance(t, torch.Tensor) and (f.is_functorch_wrapped_tensor(t) or f.is_batchedtensor(t))
 
