@@ -1,4 +1,4 @@
-"""Label-noise generators (SPEC.md recipe), the L1 penalty and the training recipe."""
+"""Label-noise generators (the recipe of docs/semantics.md), the L1 penalty and the training recipe."""
 import numpy as np
 import pytest
 import torch

@@ -240,7 +240,8 @@ def test_sliced_labels_load_correctly(path):
     assert_close_to_reference("anl_ce", z, t, value=v, grad=gr, reduction="none")
 
 
-@pytest.mark.skipif(not INTERPRETING, reason="counts the interpreter's memory operations (on a GPU the kernels are compiled)")
+@pytest.mark.skipif(not INTERPRETING,
+                    reason="counts the interpreter's memory operations (on a GPU the kernels are compiled)")
 @pytest.mark.parametrize("reduction,go,writes", [("mean", 1.0, False), ("sum", 1.0, False),
                                                   ("mean", 2.5, True), ("none", None, True)])
 def test_backward_with_unit_grad_output_touches_no_gradient_memory(monkeypatch, reduction, go,
