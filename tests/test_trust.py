@@ -240,7 +240,7 @@ def test_sliced_labels_load_correctly(path):
     assert_close_to_reference("anl_ce", z, t, value=v, grad=gr, reduction="none")
 
 
-@pytest.mark.skipif(not INTERPRETING,
+@pytest.mark.skipif(not INTERPRETING,  # on a GPU the kernels are compiled, not interpreted
                     reason="counts the interpreter's memory operations (on a GPU the kernels are compiled)")
 @pytest.mark.parametrize("reduction,go,writes", [("mean", 1.0, False), ("sum", 1.0, False),
                                                   ("mean", 2.5, True), ("none", None, True)])
