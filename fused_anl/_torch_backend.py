@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 
 from . import _registry as R
+from ._checks import compute_dtype
 
 # Elements (rows x K) per chunk: 2^20 float32 = 4 MiB per buffer, so the log-softmax /
 # gradient rows of a chunk and their few temporaries stay in the last-level cache
@@ -253,7 +254,7 @@ def _rows(L, ys, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active
 def _row_chunks(z3, step_rows=None):
     """Yield (n0, n1, z): chunks of rows, each as a (rows, K) compute-dtype matrix."""
     n, k, d = z3.shape
-    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(z3.dtype)
     step = step_rows or _step_rows(k * d)
     for n0 in range(0, n, step):
         n1 = min(n, n0 + step)
@@ -329,7 +330,7 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
     is written back.
     """
     n, k, d = z3.shape
-    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(z3.dtype)
     dev = z3.device
     loss = torch.empty(n * d, dtype=cdt, device=dev)
     grad = None
@@ -387,7 +388,7 @@ def shard_stats1(z3):
     """(rows, 1, STATS1) stats1 (max, sum exp, sum (z - max), #present) of the local shard
     (max -inf for a row with no present class on this shard)."""
     n, k, d = z3.shape
-    cdt = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(z3.dtype)
     parts = [torch.empty((0, 4), dtype=cdt, device=z3.device)]
     for _, _, z in _row_chunks(z3):
         ms, s, dsum, c = _stats1(z)
@@ -436,7 +437,7 @@ def shard_finish(z3, y_local, row_weight, zy, hv, den, parts1, parts2, *, active
 def scale_(grad, grad_output):
     """``grad *= grad_output`` in place: a 1-element tensor, or one value per sample."""
     n, k, d = grad.shape
-    cdt = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(grad.dtype)
     if grad_output.numel() == 1:
         grad.mul_(grad_output.reshape(()).to(cdt))
     else:

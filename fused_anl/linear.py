@@ -19,7 +19,7 @@ import torch
 
 from . import _hyper
 from . import _registry as R
-from ._checks import check_inputs
+from ._checks import check_inputs, compute_dtype
 from ._ops import run_row_loss
 from .functional import mean_denominator, resolve_backend
 
@@ -78,7 +78,7 @@ def _grads(hidden, weight, bias, target, loss_weight, call, den, chunk, needs, r
     place with addmm_ when the inputs are float32 or float64; a bf16/fp16 chunk's product
     is one K x D temporary in the inputs' dtype before the float32 add)."""
     gh = torch.empty_like(hidden) if needs[0] else None
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(weight.dtype)
     gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
     gb = torch.zeros(bias.shape, dtype=acc, device=bias.device) if (
         bias is not None and needs[2]) else None
@@ -108,7 +108,7 @@ def _empty(x):
 
 def _fwd_impl(hidden, weight, bias, target, loss_weight, call, den, chunk, need_h, need_w,
               need_b):
-    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(hidden.dtype)
     loss = hidden.new_empty((hidden.shape[0],), dtype=cdt)
     if need_h or need_w or need_b:
         gh, gw, gb = _grads(hidden, weight, bias, target, loss_weight, call, den, chunk,
@@ -136,8 +136,8 @@ def linear_loss_fwd(hidden: torch.Tensor, weight: torch.Tensor, bias: Optional[t
 @linear_loss_fwd.register_fake
 def _(hidden, weight, bias, target, loss_weight, hyper, den, active, passive, exact, ignore_index,
       backend, chunk, need_h, need_w, need_b):
-    cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    cdt = compute_dtype(hidden.dtype)
+    acc = compute_dtype(weight.dtype)
     return (hidden.new_empty((hidden.shape[0],), dtype=cdt),
             hidden.new_empty(hidden.shape) if need_h else _empty(hidden),
             weight.new_empty(weight.shape, dtype=acc) if need_w else _empty(hidden),
@@ -168,7 +168,7 @@ def _bwd_rows_impl(grad_rows, hidden, weight, bias, target, loss_weight, call, c
 @linear_loss_bwd_rows.register_fake
 def _(grad_rows, hidden, weight, bias, target, loss_weight, hyper, active, passive, exact,
       ignore_index, backend, chunk, need_h, need_w, need_b):
-    acc = torch.float64 if weight.dtype == torch.float64 else torch.float32
+    acc = compute_dtype(weight.dtype)
     return (hidden.new_empty(hidden.shape) if need_h else _empty(hidden),
             weight.new_empty(weight.shape, dtype=acc) if need_w else _empty(hidden),
             weight.new_empty((weight.shape[0],), dtype=acc) if need_b else _empty(hidden))
@@ -179,7 +179,7 @@ class _LinearLoss(torch.autograd.Function):
     def forward(ctx, hidden, weight, bias, target, loss_weight, call, chunk):
         need = ctx.needs_input_grad[:3]
         need = (need[0], need[1], bias is not None and need[2])
-        cdt = torch.float64 if hidden.dtype == torch.float64 else torch.float32
+        cdt = compute_dtype(hidden.dtype)
         k = loss_weight.shape[0] if loss_weight is not None else weight.shape[0]
         den = (mean_denominator(target, loss_weight, call.ignore_index, k, cdt)
                if call.reduction == "mean" else None)

@@ -165,7 +165,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     """
     n, k, d = z3.shape
     rows = n * d
-    cdtype = torch.float64 if z3.dtype == torch.float64 else torch.float32
+    cdtype = _cdtype(z3)
     loss = torch.empty(rows, dtype=cdtype, device=z3.device)
     grad = None
     if compute_grad:
