@@ -83,3 +83,71 @@ def sharded_row_loss(z3, target, weight, hyper, den, *, active, passive, exact, 
     return backend.shard_finish(z3, y_local, wy, zy, hyper, den, parts1, part2, active=active,
                                 passive=passive, exact=exact, ignore_index=_IGNORED,
                                 compute_grad=compute_grad)
+
+
+# ------------------------------------------------------------- logits given as a DTensor
+
+
+def is_dtensor(x) -> bool:
+    """Whether ``x`` is a ``torch.distributed.tensor.DTensor`` (checked without importing
+    the distributed package where it is absent)."""
+    cls = type(x)
+    return cls.__name__ == "DTensor" and cls.__module__.startswith("torch.distributed")
+
+
+def from_dtensor(name, logits, target, weight):
+    """The class-parallel form of a loss call on DTensor logits sharded on the class dim.
+
+    ``logits`` must be a DTensor whose placements shard dimension 1 (the class
+    dimension) on exactly one mesh dimension and replicate it on every other one (the
+    layout of TorchTitan's loss parallel: a column-parallel output projection with
+    ``use_local_output=False``). Its local tensor is this rank's slice of classes, laid
+    out as ``torch.chunk`` lays it out (``Shard``'s rule): rank ``r`` of the mesh
+    dimension holds classes ``[r * ceil(K / world), ...)``.
+
+    Returns ``(local_logits, local_target, local_weight, group, class_start, wrap)``:
+    the arguments of the ``process_group=`` form, and ``wrap``, which turns its result
+    (identical on every rank) into a DTensor replicated over the mesh, as
+    ``torch.distributed.tensor.parallel.loss_parallel`` returns it. Gradients flow to the
+    DTensor logits through ``to_local``.
+    """
+    from torch.distributed.tensor import DTensor, Replicate
+
+    mesh, placements = logits.device_mesh, tuple(logits.placements)
+    nd = logits.dim()
+    if nd < 2:
+        raise ValueError(f"{name}: DTensor logits must have shape (N, K, ...), got {tuple(logits.shape)}")
+    class_dims = [i for i, p in enumerate(placements) if p.is_shard() and p.dim % nd == 1]
+    others = [p for i, p in enumerate(placements) if i not in class_dims]
+    if len(class_dims) != 1 or not all(p.is_replicate() for p in others):
+        raise ValueError(
+            f"{name}: DTensor logits must be sharded on the class dimension (dim 1) over one "
+            f"mesh dimension and replicated over the others; got placements {placements}. "
+            "Other layouts (batch-sharded, partial) are not supported: redistribute first.")
+    mesh_dim = class_dims[0]
+    world, rank = mesh.size(mesh_dim), mesh.get_local_rank(mesh_dim)
+    k = logits.shape[1]
+    chunk = -(-k // world)
+    class_start = min(k, chunk * rank)
+    local = logits.to_local()
+    if local.shape[1] != min(k, class_start + chunk) - class_start:
+        raise ValueError(f"{name}: the local shard has {local.shape[1]} classes where the "
+                         f"torch.chunk layout of {k} classes over {world} ranks gives rank "
+                         f"{rank} {min(k, class_start + chunk) - class_start}")
+    if local.shape[1] == 0:
+        raise ValueError(f"{name}: rank {rank} holds no class ({k} classes over {world} ranks); "
+                         "use fewer ranks than classes")
+
+    def plain(x, what):
+        if not is_dtensor(x):
+            return x
+        if not all(p.is_replicate() for p in x.placements):
+            raise ValueError(f"{name}: a DTensor {what} must be replicated, got placements "
+                             f"{tuple(x.placements)}")
+        return x.to_local()
+
+    def wrap(out):
+        return DTensor.from_local(out, mesh, [Replicate()] * mesh.ndim, run_check=False)
+
+    return (local, plain(target, "target"), plain(weight, "weight"), mesh.get_group(mesh_dim),
+            class_start, wrap)

@@ -298,6 +298,19 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
     The keywords are those of every loss function (see ``help(fused_anl.anl_ce)``);
     ``hyper`` holds the loss's own hyperparameters.
     """
+    if type(logits).__name__ == "DTensor":  # class-parallel logits as a DTensor
+        from . import distributed
+        if distributed.is_dtensor(logits):
+            if process_group is not None or class_start is not None:
+                raise ValueError(f"{name}: DTensor logits carry their own process group and "
+                                 "class offset; do not pass process_group or class_start")
+            local, target, weight, group, start, wrap = distributed.from_dtensor(
+                name, logits, target, weight)
+            return wrap(loss_by_name(
+                name, local, target, reduction=reduction, ignore_index=ignore_index,
+                weight=weight, backend=backend, detach_focal_weight=detach_focal_weight,
+                inplace_backward=inplace_backward, double_backward=double_backward,
+                process_group=group, class_start=start, **hyper))
     spec = R.LOSSES[name]
     h = R.resolve_hyper(spec, hyper)
     if process_group is not None:
@@ -374,6 +387,10 @@ _COMMON_ARGS = """
             gets the full loss and the gradient of its slice. Default: None.
         class_start (int, optional): first class of this rank's slice (default: rank x
             K_local, equal shards).
+
+    ``logits`` may also be a ``DTensor`` sharded on the class dimension over one mesh
+    dimension (TorchTitan's loss parallel); it then takes the class-parallel path over
+    that mesh dimension's group, and the loss is returned as a replicated DTensor.
 
     Returns:
         Tensor: the loss, float32 (float64 for float64 logits); shape ``()``, or the

@@ -142,3 +142,49 @@ def run_linear(rank, world, store, backend):
         torch.testing.assert_close(ps[1].grad, rs[1].grad[sl])
         torch.testing.assert_close(ps[2].grad, rs[2].grad[sl])
     _finish()
+
+
+def run_dtensor(rank, world, store, backend):
+    """Logits as a DTensor sharded on the class dimension (TorchTitan's loss parallel):
+    the same loss and gradient as on the full logits, with an uneven torch.chunk layout."""
+    _init(rank, world, store)
+    import fused_anl
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+    mesh = init_device_mesh("cpu", (world,))
+    k = 8 * world - 3  # uneven: the last rank holds fewer classes
+    z, t = make_batch(k, seed=world + 7)
+    t[4], t[5] = 0, k - 1
+    weight = torch.rand(k, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5
+    for name in ("anl_ce", "nce_rce", "ce"):
+        for reduction, w in (("mean", None), ("sum", weight), ("none", None)):
+            full = z.clone().requires_grad_(True)
+            ref = getattr(fused_anl, name)(full, t, reduction=reduction, weight=w, backend="torch")
+            go = torch.linspace(0.5, 1.5, ref.numel(), dtype=ref.dtype).reshape(ref.shape)
+            ref.backward(go)
+            dz = distribute_tensor(z, mesh, [Shard(1)]).requires_grad_(True)
+            out = getattr(fused_anl, name)(dz, t, reduction=reduction, weight=w, backend=backend)
+            tag = f"dtensor {name}/{backend}/{reduction} rank {rank}"
+            assert tuple(out.placements) == (Replicate(),), tag
+            out.backward(distribute_tensor(go, mesh, [Replicate()]))
+            torch.testing.assert_close(out.to_local(), ref.detach(), rtol=1e-10, atol=1e-12,
+                                       msg=tag)
+            torch.testing.assert_close(dz.grad.full_tensor(), full.grad, rtol=1e-10, atol=1e-12,
+                                       msg=tag)
+    # a module, with a replicated DTensor target
+    crit = fused_anl.ANLFLLoss(backend=backend)
+    full = z.clone().requires_grad_(True)
+    crit(full, t).backward()
+    dz = distribute_tensor(z, mesh, [Shard(1)]).requires_grad_(True)
+    out = crit(dz, distribute_tensor(t, mesh, [Replicate()]))
+    out.backward()
+    torch.testing.assert_close(dz.grad.full_tensor(), full.grad, rtol=1e-10, atol=1e-12)
+    # layouts that are not class-parallel are refused, by name
+    for bad in ([Replicate()], [Shard(0)]):
+        try:
+            fused_anl.anl_ce(distribute_tensor(z, mesh, bad), t)
+        except ValueError as e:
+            assert "sharded on the class dimension" in str(e), e
+        else:
+            raise AssertionError(f"placements {bad} were accepted")
+    _finish()

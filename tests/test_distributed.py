@@ -71,3 +71,8 @@ def test_class_parallel_example_reproduces_single_process_curve():
                          capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "max |difference|" in out.stdout
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_dtensor_logits_sharded_on_classes(backend):
+    _spawn_workers(dist_worker.run_dtensor, 2, backend)
