@@ -45,45 +45,91 @@ PRESETS = {
 ALIASES = {"min_prob": "p_min"}
 LOSS_KEYWORDS = ("reduction", "ignore_index", "weight", "backend", "detach_focal_weight",
                  "process_group", "class_start")
+# Keys of the published configuration files that carry no meaning for the loss of the
+# logits, accepted for the losses whose published files hold them and nowhere else.
+# ``is_anl: true`` tells the published trainer to call ``loss(logits, labels, model)``,
+# which adds the L1 term; here the ANL modules always hold ``delta`` and return the term
+# from ``regularizer(model)``, so the flag only has to be true.
+PUBLISHED_FLAGS = {"is_anl": ("anl_ce", "anl_fl")}
+
+
+def _anl_names():
+    return sorted(n for n, s in R.LOSSES.items()
+                  if issubclass(getattr(modules, s.module), modules.ANLLoss))
 
 
 def get_loss(name: str, num_classes: int | None = None, **hyper):
     r"""The ``nn.Module`` of loss ``name`` with the given hyperparameters.
+
+    Takes the ``loss`` section of a published configuration file as written::
+
+        get_loss(**cfg["loss"], num_classes=cfg["dataset"]["num_classes"])
 
     Args:
         name (str): a loss name of the published configurations (``ce``, ``gce``,
             ``sce``, ``nce_rce``, ``anl_ce``, ``anl_fl``, ...; every key of
             ``fused_anl.LOSSES``).
         num_classes (int, optional): when given, checked against the logits at each call.
-        **hyper: the published configs' keys (``alpha, beta, gamma, q, a``,
-            ``min_prob`` or ``p_min``, and ``delta``, ANL's L1 weight, for ``anl_ce`` and
-            ``anl_fl`` only), plus ``reduction, ignore_index, weight, backend,
-            detach_focal_weight, process_group, class_start``.
+        **hyper: the published configs' keys: ``alpha, beta, gamma, q, a``, ``min_prob``
+            (or its name here, ``p_min``; not both), ``delta`` (ANL's L1 weight; only
+            for the ANL losses, or 0), and ``is_anl`` (only for ``anl_ce`` and
+            ``anl_fl``, whose published files have it, and only ``True``: the published
+            trainer's switch for the L1 term, which these modules always hold); plus
+            ``reduction, ignore_index, weight, backend, detach_focal_weight,
+            process_group, class_start``. Any other key is an error that lists the
+            valid ones.
 
     Returns:
         FusedLoss: the module. For ANL losses, add ``module.regularizer(model)`` to the
-        loss: it is the ``delta * sum |theta|`` term of the published recipe.
+        loss: it is the ``delta * sum |theta|`` term of the published recipe
+        (:func:`fused_anl.from_config` returns a recipe whose ``loss`` adds it).
+
+    Raises:
+        ValueError: an unknown loss name, an unknown key (the message lists the valid
+            keys), both ``min_prob`` and ``p_min``, ``is_anl`` other than ``True``.
 
     Example::
 
         >>> crit = fused_anl.get_loss("anl_ce", **fused_anl.PRESETS["cifar10"]["anl_ce"])
         >>> crit
         ANLCELoss(alpha=5, beta=5, p_min=1e-07, delta=5e-05)
+        >>> fused_anl.get_loss(name="anl_ce", alpha=5.0, beta=5.0, delta=5e-5,
+        ...                    min_prob=1e-7, is_anl=True, num_classes=10)
+        ANLCELoss(alpha=5, beta=5, p_min=1e-07, delta=5e-05, num_classes=10)
     """
     if name not in R.LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
     spec = R.LOSSES[name]
+    flags = {k: hyper.pop(k) for k in list(hyper)
+             if k in PUBLISHED_FLAGS and name in PUBLISHED_FLAGS[k]}
+    if "is_anl" in flags and flags["is_anl"] is not True:
+        raise ValueError(
+            f"get_loss({name!r}): is_anl={flags['is_anl']!r}; the published files have "
+            f"is_anl=true for {name} (their trainer then adds the L1 term). Give delta=0 "
+            f"to train without the L1 term.")
+    for alias, key in ALIASES.items():
+        if alias in hyper and key in hyper:
+            raise ValueError(f"get_loss({name!r}): both {alias}={hyper[alias]!r} and "
+                             f"{key}={hyper[key]!r} given; they are the same parameter")
     hyper = {ALIASES.get(k, k): v for k, v in hyper.items()}
-    anl = issubclass(getattr(modules, spec.module), modules.ANLLoss)
+    anl_names = _anl_names()
+    anl = name in anl_names
     valid = set(spec.hyper) | set(LOSS_KEYWORDS) | ({"delta"} if anl else set())
     unknown = sorted(set(hyper) - valid)
     if "delta" in unknown and not hyper["delta"]:
         hyper.pop("delta")  # delta=0 means "no L1 term", which every loss already has
         unknown.remove("delta")
     if unknown:
-        shown = valid | ({"min_prob"} if "p_min" in spec.hyper else set())
-        hint = (" (delta is the L1 weight of the ANL losses anl_ce and anl_fl only)"
-                if "delta" in unknown else "")
+        shown = (valid | ({"min_prob"} if "p_min" in spec.hyper else set())
+                 | {k for k, names in PUBLISHED_FLAGS.items() if name in names})
+        hint = ""
+        if "delta" in unknown:
+            listed = " and ".join([", ".join(anl_names[:-1]), anl_names[-1]]
+                                  if len(anl_names) > 1 else anl_names)
+            hint = f" (delta is the L1 weight of the ANL losses {listed} only)"
+        elif any(k in PUBLISHED_FLAGS for k in unknown):
+            hint = "".join(f" ({k} is a key of the published files of {' and '.join(v)} only)"
+                           for k, v in PUBLISHED_FLAGS.items() if k in unknown)
         raise ValueError(f"get_loss({name!r}): unknown keys {unknown}; valid keys: "
                          f"{', '.join(sorted(shown))}{hint}")
     module = getattr(modules, spec.module)(**hyper)
