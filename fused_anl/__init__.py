@@ -48,8 +48,9 @@ from .linear import __all__ as _linear_all  # noqa: E402
 from . import noise  # noqa: E402,F401
 from .noise import asymmetric_noise, symmetric_noise  # noqa: E402,F401
 from .recipes import l1_penalty  # noqa: E402,F401
+from .recipe import Recipe, from_config  # noqa: E402,F401
 
 __version__ = "0.1.0"
 __all__ = (list(_functional_all) + list(_modules_all) + list(_linear_all)
            + ["PRESETS", "get_loss", "reference", "LOSSES", "noise", "symmetric_noise",
-              "asymmetric_noise", "l1_penalty"])
+              "asymmetric_noise", "l1_penalty", "from_config", "Recipe"])
