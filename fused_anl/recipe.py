@@ -215,7 +215,8 @@ def from_config(config, **loss_options) -> Recipe:
     r"""The training recipe of a published configuration file, as it is written.
 
     Reads the four sections of the authors' files (``model``, ``loss``, ``dataset``,
-    ``optim``; see :mod:`fused_anl.recipe`) and builds the fused criterion with
+    ``optim``; see :mod:`fused_anl.recipe`; ``model`` may be left out, the recipe does
+    not build the network) and builds the fused criterion with
     ``get_loss(**cfg["loss"], num_classes=cfg["dataset"]["num_classes"])``.
 
     Args:
@@ -236,6 +237,7 @@ def from_config(config, **loss_options) -> Recipe:
             lists the valid keys), a value of the wrong type or range, an optimizer
             other than ``sgd``, a scheduler other than ``cosine`` or ``steplr``, or a
             key of the other scheduler.
+        TypeError: ``config`` is neither a path nor a mapping.
 
     Example::
 
