@@ -4,6 +4,13 @@ Inputs are kept away from the clamps' kinks (scale-1 logits over 5 classes: ever
 p_k is far above p_min and RCE/GCE's 1e-7 floor), where the derivative exists.
 The focal losses run in exact mode (detach_focal_weight=False); their default
 (detached weight, as published) is not a derivative, by design.
+
+The torch backend and the single-block kernel check the full Jacobian of every loss.
+The multi-block paths (streaming, split rows) run every loss too, in gradcheck's fast
+mode: it compares ``v^T J u`` for random ``u, v`` with finite differences along ``u``,
+which a wrong Jacobian entry changes with probability 1, at two forward evaluations
+instead of one per input entry (the interpreter makes each evaluation cost seconds).
+One full-Jacobian check on the streaming path remains.
 """
 import pytest
 import torch
@@ -23,7 +30,7 @@ SMALL_PATHS = {
 }
 
 
-def _check(name, backend, reduction="mean"):
+def _check(name, backend, reduction="mean", fast_mode=False):
     g = torch.Generator().manual_seed(0)
     z = torch.randn(3, 5, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
     t = torch.tensor([0, 3, -100], device=DEVICE)
@@ -32,7 +39,7 @@ def _check(name, backend, reduction="mean"):
     with fused_anl.repeatable_backward():  # gradcheck runs backward once per output
         assert torch.autograd.gradcheck(
             lambda x: fn(x, t, backend=backend, reduction=reduction, **kw),
-            (z,), eps=1e-6, atol=1e-7, rtol=1e-5)
+            (z,), eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -46,10 +53,15 @@ def test_gradcheck_triton_single_block(name):
 
 
 @pytest.mark.parametrize("path", ["stream", "split"])
-@pytest.mark.parametrize("name", ["anl_ce", "nce", "nnce", "anl_fl", "nce_rce", "nfl_rce", "nce_agce"])
+@pytest.mark.parametrize("name", ALL)
 def test_gradcheck_triton_multi_block_paths(name, path):
     with launch.config(**SMALL_PATHS[path]):
-        _check(name, "triton")
+        _check(name, "triton", fast_mode=True)
+
+
+def test_gradcheck_triton_streaming_full_jacobian():
+    with launch.config(**SMALL_PATHS["stream"]):
+        _check("anl_fl", "triton")
 
 
 def test_gradcheck_triton_persistent_grid():
