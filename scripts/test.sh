@@ -8,4 +8,7 @@ bash scripts/setup_env.sh test
 . "${VENV:-.venv}/bin/activate"
 # the wheel's layout: fused_anl.kernels must import from the installed package
 (cd / && TRITON_INTERPRET=1 python -c "import fused_anl.kernels.launch, fused_anl; print('installed package imports:', fused_anl.__file__)")
-python -m pytest tests -q -p no:cacheprovider "$@"
+# pytest-xdist workers: one per core, at most 4 (tests/conftest.py gives each worker its
+# share of the cores' threads; the GPU-compile and GPU-check modules stay on one worker)
+WORKERS=${TEST_WORKERS:-$(python -c "import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))")}
+python -m pytest tests -q -p no:cacheprovider -n "$WORKERS" --dist loadgroup "$@"

@@ -43,3 +43,21 @@ def kernel_path(request):
 @pytest.fixture
 def device():
     return DEVICE
+
+
+# Parallel runs (scripts/test.sh runs pytest-xdist workers): each worker gets its share
+# of the cores, so that the workers' intra-op threads do not oversubscribe the machine.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+
+# Modules whose expensive module-scoped fixture (a compile for sm_90, the GPU check's
+# rehearsal) must run once: all their tests go to one worker (--dist loadgroup).
+_ONE_WORKER = ("test_gpu_check", "test_gpu_compile")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.module.__name__ if item.module is not None else ""
+        if name in _ONE_WORKER:
+            item.add_marker(pytest.mark.xdist_group(name))
