@@ -10,15 +10,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .kernels._codes import (  # noqa: F401  (term codes shared with the kernels)
-    A_CE, A_FL, A_NCE, A_NFL, A_NONE, P_AEL, P_AGCE, P_AUL, P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE,
-    P_RCE,
+from .kernels._codes import (  # noqa: F401  (term codes and facts shared with the kernels)
+    A_CE, A_FL, A_NCE, A_NFL, A_NONE, ACTIVE_TERMS, HYPERS, P_AEL, P_AGCE, P_AUL, P_FLOOR,
+    P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS, terms_of,
 )
-
-# RCE's constant: -log(clamp(onehot_k, 1e-4, 1)) for k != y.
-RCE_A = -math.log(1e-4)
-# The clamp floor on probabilities used by RCE and GCE (fixed by the published code).
-P_FLOOR = 1e-7
 
 
 @dataclass(frozen=True)
@@ -31,8 +26,13 @@ class LossSpec:
     module: str = ""
 
     @property
+    def terms(self):
+        """Its (active, passive) rows of kernels/_codes.py ``TERMS``."""
+        return terms_of(self.active, self.passive)
+
+    @property
     def focal(self) -> bool:
-        return self.active in (A_FL, A_NFL) or self.passive == P_NNFL
+        return any(t.focal for t in self.terms)
 
     @property
     def keywords(self) -> tuple:
@@ -92,7 +92,7 @@ def resolve_hyper(spec: LossSpec, given: dict) -> dict:
             f"{spec.name}() got unexpected keyword(s) {sorted(unknown)}; it takes {sorted(spec.hyper)}"
         )
     h = dict(spec.hyper, **given)
-    out = dict(alpha=1.0, beta=1.0, gamma=0.0, q=1.0, a=1.0, p_min=1e-7)
+    out = {k: hp.neutral for k, hp in HYPERS.items()}
     if spec.active == A_NONE:
         out["alpha"] = 0.0
     if spec.passive == P_NONE:
@@ -106,14 +106,8 @@ def resolve_hyper(spec: LossSpec, given: dict) -> dict:
         if not math.isfinite(v):
             raise ValueError(f"{spec.name}: hyperparameter {k}={v} must be finite")
         out[k] = v
-    if not 0.0 < out["p_min"] < 1.0:
-        raise ValueError(f"{spec.name}: p_min must lie in (0, 1), got {out['p_min']}")
-    if out["gamma"] < 0.0:
-        raise ValueError(f"{spec.name}: gamma must be >= 0, got {out['gamma']}")
-    if "q" in spec.hyper and out["q"] <= 0.0:
-        raise ValueError(f"{spec.name}: q must be > 0, got {out['q']}")
-    if spec.passive in (P_AGCE, P_AEL) and out["a"] <= 0.0:
-        raise ValueError(f"{spec.name}: a must be > 0, got {out['a']}")
-    if spec.passive == P_AUL and out["a"] <= 1.0:
-        raise ValueError(f"{spec.name}: a must be > 1 (AUL uses (a - 1)^q), got {out['a']}")
+    for term in spec.terms:
+        msg = term.check(out) if term.check else None
+        if msg:
+            raise ValueError(f"{spec.name}: {msg}")
     return out

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from . import _registry as R
+from . import _torch_terms as _U
 from ._checks import compute_dtype
 
 # Elements (rows x K) per chunk: 2^20 float32 = 4 MiB per buffer, so the log-softmax /
@@ -39,86 +39,31 @@ _NEG_INF = float("-inf")
 _NAN = float("nan")
 
 
-def _pow(x, e):
-    return torch.where(x > 0, x.clamp_min(torch.finfo(x.dtype).tiny) ** e,
-                       torch.ones_like(x) if e == 0 else torch.zeros_like(x))
-
-
-def _focal_u(l, p, w, gamma, exact):
-    """d(w l)/dl with w = (1-p)^gamma: w if w is detached, else w - gamma l p w / (1-p)."""
-    if not exact:
-        return w
-    om = 1.0 - p
-    return torch.where(om > 0, w - gamma * l * p * w / torch.where(om > 0, om, 1.0), w)
-
-
-# --- per-element terms -------------------------------------------------------------------
-# ``ea``/``eb``: the active/passive terms' elementwise factors of the gradient
-# (``None``: no such term; ``PRESENT``: 1 on every present class).
-PRESENT = "present"
-
-
-def _row_sum(x, present):
-    return (x if present is None else torch.where(present, x, 0.0)).sum(1)
+# --- the terms: units in fused_anl/_torch_terms.py (twins of kernels/_terms.py) ----------
+PRESENT = _U.PRESENT
 
 
 def _elementwise(L, P, present, ys, in_range, h, active, passive, exact, need_sums=True):
     """(sums, ea, eb) of a chunk from its log-probabilities ``L`` and probabilities ``P``.
 
     ``present``: None when the chunk has no absent class, else the mask ``z > -inf``.
-    ``sums``: the five stats2 row sums ``[A1, EA, B1, EB, BC]`` (None for a term that
-    needs none). ``L`` is only read; ``P`` may be None for terms that do not need it.
+    ``sums``: the five stats2 row sums ``[A1, EA, B1, EB, BC]`` (zeros for a term that
+    needs none; None without ``need_sums``). ``L`` is only read; ``P`` may be None for
+    terms that do not need it. ``ea``/``eb``: the active/passive terms' elementwise
+    factors of the gradient (None: no such factor; ``PRESENT``: 1 on every present class).
     """
-    rows = L.shape[0]
     sums = [None] * 5
     ea = eb = None
-    lpm = h["log_pmin"]
-    if active == R.A_NCE:
-        ea = PRESENT
-    elif active == R.A_NFL:
-        g = h["gamma"]
-        w = _pow(1.0 - P, g)
-        wl = w * L
-        u = _focal_u(L, P, w, g, exact)
-        if present is None:
-            ea = u
-        else:
-            wl = torch.where(present, wl, 0.0)
-            ea = torch.where(present, u, 0.0)
-        if need_sums:
-            sums[0], sums[1] = wl.sum(1), ea.sum(1)
-    if passive == R.P_NNCE:
-        # v_k = A + max(l_k, log p_min) = max(l_k - log p_min, 0) (A = -log p_min): every
-        # term >= 0, absent classes give 0
-        m = torch.ge(L, lpm, out=torch.empty_like(L))  # the mask as 0/1 values, one op
-        eb = m
-        if need_sums:
-            sums[2] = torch.sub(L, lpm).clamp_min_(0.0).sum(1)
-            sums[3] = m.sum(1)
-    elif passive == R.P_NNFL:
-        g = h["gamma"]
-        lc = L.clamp_min(lpm)
-        w = _pow(1.0 - torch.exp(lc), g)
-        keep = L >= lpm
-        eb = torch.where(keep, _focal_u(L, P, w, g, exact), 0.0)
-        if need_sums:
-            sums[2] = torch.where(keep, h["A_nnfl"] + w * lc, 0.0).sum(1)  # A' - FL_k
-            sums[3] = eb.sum(1)
-    elif passive == R.P_RCE:
-        # e = p [k != y][p >= floor] over present classes (absent: p = 0 < floor)
-        eb = torch.where(P >= R.P_FLOOR, P, 0.0)
-        yi = torch.where(in_range, ys, 0)[:, None]
-        eb.scatter_(1, yi, torch.where(in_range, 0.0, eb.gather(1, yi)[:, 0])[:, None])
-        if need_sums:
-            b1 = P.clamp_min(R.P_FLOOR)
-            b1.scatter_(1, yi, torch.where(in_range, 0.0, b1.gather(1, yi)[:, 0])[:, None])
-            sums[2] = _row_sum(b1, present)
-            sums[3] = eb.sum(1)
-            sums[4] = torch.sub(P, eb).sum(1)  # the other p's (p_y included)
-    if need_sums:
-        zero = L.new_zeros(rows)
-        sums = [zero if x is None else x for x in sums]
-    return sums, ea, eb
+    unit = _U.ACTIVE[active][0]
+    if unit is not None:
+        ea, sums[0], sums[1] = unit(L, P, present, h, exact, need_sums)
+    unit = _U.PASSIVE[passive][0]
+    if unit is not None:
+        eb, sums[2], sums[3], sums[4] = unit(L, P, present, ys, in_range, h, exact, need_sums)
+    if not need_sums:
+        return None, ea, eb
+    zero = L.new_zeros(L.shape[0])
+    return [zero if x is None else x for x in sums], ea, eb
 
 
 def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact):
@@ -126,60 +71,14 @@ def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact):
     kernels/_terms.py epilogue()."""
     py = torch.exp(ly)
     zero = torch.zeros_like(ly)
-    g, lpm = h["gamma"], h["log_pmin"]
     La, k1a, k2a, k3a = zero, zero, zero, zero
-    if active == R.A_CE:
-        La, k1a, k2a = -ly, zero - 1.0, zero + 1.0
-    elif active == R.A_FL:
-        w = _pow(1.0 - py, g)
-        u = _focal_u(ly, py, w, g, exact)
-        La, k1a, k2a = -w * ly, -u, u
-    elif active == R.A_NCE:
-        # products of ratios rather than ly / S**2: S**2 overflows long before ly / S does
-        # divisions, not ly * (1 / S): ly / S is exactly 1 when the label holds the whole
-        # normalizer, so 1/S - La/S cancels exactly (as in the kernels)
-        La, k1a = ly / S, 1.0 / S
-        k2a, k3a = -k1a + La * (c / S), -La / S
-    elif active == R.A_NFL:
-        wy = _pow(1.0 - py, g)
-        uy = _focal_u(ly, py, wy, g, exact)
-        La, k1a = (wy * ly) / A1, uy / A1
-        k2a, k3a = -k1a + La * (EA / A1), -La / A1
+    unit = _U.ACTIVE[active][1]
+    if unit is not None:
+        La, k1a, k2a, k3a = unit(ly, py, c, S, A1, EA, h, exact)
     Lb, k1b, k2b, k3b = zero, zero, zero, zero
-    if passive == R.P_NNCE:
-        vy = h["A_nnce"] + ly.clamp_min(lpm)
-        my = (ly >= lpm).to(ly.dtype)
-        Lb, k1b = 1.0 - vy / B1, -my / B1
-        k2b, k3b = my / B1 - vy * EB / B1**2, vy / B1**2
-    elif passive == R.P_NNFL:
-        a_nnfl = h["A_nnfl"]
-        lcy = ly.clamp_min(lpm)
-        wy = _pow(1.0 - torch.exp(lcy), g)
-        uy = torch.where(ly >= lpm, _focal_u(ly, py, wy, g, exact), zero)
-        nr = (a_nnfl + wy * lcy) / B1
-        Lb, k1b = 1.0 - nr, -uy / B1
-        k2b, k3b = -k1b - nr * (EB / B1), nr / B1
-    elif passive == R.P_MAE:
-        Lb, k1b, k2b = 1.0 - py, -py, py
-    elif passive == R.P_RCE:
-        Lb, k3b = R.RCE_A * B1, zero + R.RCE_A
-        k2b = -R.RCE_A * torch.where(EB > 0.5, 1.0 - BC, EB)
-    elif passive == R.P_GCE:
-        q = h["q"]
-        pq = _pow(py.clamp_min(R.P_FLOOR), q)
-        Lb, k1b = (1.0 - pq) / q, torch.where(py >= R.P_FLOOR, -pq, zero)
-        k2b = -k1b
-    elif passive in (R.P_AGCE, R.P_AUL):
-        q, a = h["q"], h["a"]
-        if passive == R.P_AGCE:
-            Lb, k1b = (h["C_pass"] - _pow(a + py, q)) / q, -_pow(a + py, q - 1.0) * py
-        else:
-            Lb, k1b = (_pow(a - py, q) - h["C_pass"]) / q, -_pow(a - py, q - 1.0) * py
-        k2b = -k1b
-    elif passive == R.P_AEL:
-        Lb = torch.exp(-py / h["a"])
-        k1b = -Lb / h["a"] * py
-        k2b = -k1b
+    unit = _U.PASSIVE[passive][1]
+    if unit is not None:
+        Lb, k1b, k2b, k3b = unit(ly, py, c, B1, EB, BC, h, exact)
     al, be = h["alpha"], h["beta"]
     return al * La + be * Lb, al * k1a + be * k1b, al * k2a, be * k2b, al * k3a, be * k3b
 
@@ -232,8 +131,7 @@ def _rows(L, ys, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active
 
     ``sums``: the five stats2 row sums, or None to sum this chunk's own elements."""
     bad_row = _bad_rows(L)
-    need_p = active == R.A_NFL or passive in (R.P_NNFL, R.P_RCE)
-    P = torch.exp(L) if need_p else None
+    P = torch.exp(L) if _U.needs(active, passive, "p") else None
     sums_, ea, eb = _elementwise(L, P, present, ys, in_range, hv, active, passive, exact,
                                  need_sums=sums is None)
     if sums is None:
@@ -312,7 +210,7 @@ def _chunk_stats(z, L, active, passive):
     """NCE's normalizer ``S = sum_k l_k`` over present classes and the count ``c`` (None
     for losses that need neither), and the present mask (None when nothing in the chunk
     is absent). A row with an absent class sums to -inf: only then is the mask built."""
-    if not (active in (R.A_NCE, R.A_NFL) or passive == R.P_RCE):
+    if not _U.needs(active, passive, "row_stats"):
         return None, None, None
     S = L.sum(1)
     k = L.shape[1]

@@ -325,7 +325,8 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
         dims = check_inputs(name, logits, target, weight, reduction, ignore_index)
         shard = None
     call = LossCall(name=name, hyper=tuple((key, h[key]) for key in spec.hyper),
-                    constants=tuple(_hyper.constants(h, spec.passive)), active=spec.active,
+                    constants=tuple(_hyper.constants(h, spec.passive, spec.active)),
+                    active=spec.active,
                     passive=spec.passive, exact=not detach_focal_weight,
                     ignore_index=int(ignore_index), reduction=reduction,
                     backend=resolve_backend(backend, logits.device),
@@ -409,16 +410,8 @@ _COMMON_ARGS = """
         >>> fused_anl.{name}(logits, target).backward()
 """
 
-_HYPER_DOCS = {
-    "alpha": "alpha (float): weight of the active term. Default: {v}.",
-    "beta": "beta (float): weight of the passive term. Default: {v}.",
-    "gamma": "gamma (float): focusing parameter of the focal weight ``(1 - p)^gamma``, >= 0. "
-             "Default: {v}.",
-    "p_min": "p_min (float): probability floor of the normalized negative term, in (0, 1). "
-             "Default: {v}.",
-    "q": "q (float): exponent, > 0. Default: {v}.",
-    "a": "a (float): the asymmetric loss's offset (AUL: > 1, else > 0). Default: {v}.",
-}
+# one docstring line per hyperparameter (kernels/_codes.py HYPERS)
+_HYPER_DOCS = {k: hp.doc for k, hp in R.HYPERS.items()}
 
 
 def docstring(name: str) -> str:

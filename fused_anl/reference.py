@@ -23,51 +23,80 @@ def _focal_weight(p, gamma, detach):
     return w.detach() if detach else w
 
 
-def _active(kind, l, p, present, y_onehot, h, detach):
+# --- the terms, one function each (the same ``(l, p, present, y_onehot, h, detach)`` ->
+# per-row loss), dispatched through ACTIVE / PASSIVE below -----------------------------
+
+
+def _ce(l, p, present, y_onehot, h, detach):
+    return -l.where(y_onehot, 0).sum(1)
+
+
+def _fl(l, p, present, y_onehot, h, detach):
     l_y = l.where(y_onehot, 0).sum(1)
-    if kind == R.A_CE:
-        return -l_y
-    if kind == R.A_FL:
-        p_y = l_y.exp()
-        return -_focal_weight(p_y, h["gamma"], detach) * l_y
-    if kind == R.A_NCE:
-        return l_y / l.where(present, 0).sum(1)
-    if kind == R.A_NFL:
-        # mask l before the product: w * (-inf) at an absent class would give 0 * inf = NaN
-        # in the exact (undetached) gradient
-        wl = _focal_weight(p, h["gamma"], detach) * l.where(present, 0)
-        return wl.where(y_onehot, 0).sum(1) / wl.sum(1)
-    raise AssertionError(kind)
+    return -_focal_weight(l_y.exp(), h["gamma"], detach) * l_y
 
 
-def _passive(kind, l, p, present, y_onehot, h, detach):
-    p_y = p.where(y_onehot, 0).sum(1)
-    if kind == R.P_NNCE:
-        a = -math.log(h["p_min"])
-        v = a + torch.log(torch.clamp(p, h["p_min"], 1.0))
-        return 1.0 - v.where(y_onehot, 0).sum(1) / v.sum(1)
-    if kind == R.P_NNFL:
-        pm, g = h["p_min"], h["gamma"]
-        lc = torch.clamp(l, min=math.log(pm))
-        fl = -_focal_weight(lc.exp(), g, detach) * lc
-        a = -((1.0 - pm) ** g) * math.log(pm)
-        k = l.shape[1]
-        return 1.0 - (a - fl.where(y_onehot, 0).sum(1)) / (k * a - fl.sum(1))
-    if kind == R.P_MAE:
-        return 1.0 - p_y
-    if kind == R.P_RCE:
-        others = present & ~y_onehot
-        return R.RCE_A * torch.clamp(p, R.P_FLOOR, 1.0).where(others, 0).sum(1)
+def _nce(l, p, present, y_onehot, h, detach):
+    return l.where(y_onehot, 0).sum(1) / l.where(present, 0).sum(1)
+
+
+def _nfl(l, p, present, y_onehot, h, detach):
+    # mask l before the product: w * (-inf) at an absent class would give 0 * inf = NaN
+    # in the exact (undetached) gradient
+    wl = _focal_weight(p, h["gamma"], detach) * l.where(present, 0)
+    return wl.where(y_onehot, 0).sum(1) / wl.sum(1)
+
+
+def _nnce(l, p, present, y_onehot, h, detach):
+    a = -math.log(h["p_min"])
+    v = a + torch.log(torch.clamp(p, h["p_min"], 1.0))
+    return 1.0 - v.where(y_onehot, 0).sum(1) / v.sum(1)
+
+
+def _nnfl(l, p, present, y_onehot, h, detach):
+    pm, g = h["p_min"], h["gamma"]
+    lc = torch.clamp(l, min=math.log(pm))
+    fl = -_focal_weight(lc.exp(), g, detach) * lc
+    a = -((1.0 - pm) ** g) * math.log(pm)
+    k = l.shape[1]
+    return 1.0 - (a - fl.where(y_onehot, 0).sum(1)) / (k * a - fl.sum(1))
+
+
+def _p_y(p, y_onehot):
+    return p.where(y_onehot, 0).sum(1)
+
+
+def _mae(l, p, present, y_onehot, h, detach):
+    return 1.0 - _p_y(p, y_onehot)
+
+
+def _rce(l, p, present, y_onehot, h, detach):
+    others = present & ~y_onehot
+    return R.RCE_A * torch.clamp(p, R.P_FLOOR, 1.0).where(others, 0).sum(1)
+
+
+def _gce(l, p, present, y_onehot, h, detach):
+    q = h["q"]
+    return (1.0 - torch.clamp(_p_y(p, y_onehot), R.P_FLOOR, 1.0) ** q) / q
+
+
+def _agce(l, p, present, y_onehot, h, detach):
     q, a = h["q"], h["a"]
-    if kind == R.P_GCE:
-        return (1.0 - torch.clamp(p_y, R.P_FLOOR, 1.0) ** q) / q
-    if kind == R.P_AGCE:
-        return ((a + 1.0) ** q - (a + p_y) ** q) / q
-    if kind == R.P_AUL:
-        return ((a - p_y) ** q - (a - 1.0) ** q) / q
-    if kind == R.P_AEL:
-        return torch.exp(-p_y / a)
-    raise AssertionError(kind)
+    return ((a + 1.0) ** q - (a + _p_y(p, y_onehot)) ** q) / q
+
+
+def _aul(l, p, present, y_onehot, h, detach):
+    q, a = h["q"], h["a"]
+    return ((a - _p_y(p, y_onehot)) ** q - (a - 1.0) ** q) / q
+
+
+def _ael(l, p, present, y_onehot, h, detach):
+    return torch.exp(-_p_y(p, y_onehot) / h["a"])
+
+
+ACTIVE = {R.A_CE: _ce, R.A_FL: _fl, R.A_NCE: _nce, R.A_NFL: _nfl}
+PASSIVE = {R.P_NNCE: _nnce, R.P_NNFL: _nnfl, R.P_MAE: _mae, R.P_RCE: _rce, R.P_GCE: _gce,
+           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael}
 
 
 def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
@@ -105,9 +134,11 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
     p = l.exp()
     loss = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
     if spec.active != R.A_NONE:
-        loss = loss + h["alpha"] * _active(spec.active, l, p, present, y_onehot, h, detach_focal_weight)
+        loss = loss + h["alpha"] * ACTIVE[spec.active](l, p, present, y_onehot, h,
+                                                       detach_focal_weight)
     if spec.passive != R.P_NONE:
-        loss = loss + h["beta"] * _passive(spec.passive, l, p, present, y_onehot, h, detach_focal_weight)
+        loss = loss + h["beta"] * PASSIVE[spec.passive](l, p, present, y_onehot, h,
+                                                        detach_focal_weight)
     return reduce_rows(loss, t, weight, reduction, ignore_index, target.shape)
 
 

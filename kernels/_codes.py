@@ -1,9 +1,19 @@
-"""Term codes and hyperparameter-vector layout shared by the kernels and the Python API.
+"""Every fact about the loss terms, in one table, shared by the kernels and the Python API.
 
-Plain Python (no Triton import) so the API can use them on machines without Triton.
+Plain Python (no Triton import) so the API can use it on machines without Triton.
 A loss is ``alpha * ACTIVE + beta * PASSIVE``; the kernels get both codes as
-compile-time constants.
+compile-time constants. A term's math is one unit in each backend, found under the
+term's ``name`` (kernels/_terms.py ``<name>_elem``/``<name>_epi``, their torch twins of
+the same names in fused_anl/_torch_terms.py, and the definition in fused_anl/reference.py);
+everything else about it is its row of :data:`TERMS` below. docs/adding-a-loss.md lists
+the places a new term touches.
 """
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Tuple
+
 A_NONE, A_CE, A_FL, A_NCE, A_NFL = 0, 1, 2, 3, 4
 P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL = 0, 1, 2, 3, 4, 5, 6, 7, 8
 
@@ -18,7 +28,135 @@ H_SIZE = 11
 STATS1 = 4
 STATS2 = 5
 
+# RCE's constant: -log(clamp(onehot_k, 1e-4, 1)) for k != y.
+RCE_A = -math.log(1e-4)
+# The clamp floor on probabilities used by RCE and GCE (fixed by the published code).
+P_FLOOR = 1e-7
+
+
+@dataclass(frozen=True)
+class Hyper:
+    """A user-facing hyperparameter: its slot in the vector (None: only derived
+    constants reach the kernels), the value a loss that does not take it computes with
+    (neutral), and its docstring line (``{v}``: the default)."""
+
+    slot: Optional[int]
+    neutral: float
+    doc: str
+
+
+HYPERS: Dict[str, Hyper] = {
+    "alpha": Hyper(H_ALPHA, 1.0, "alpha (float): weight of the active term. Default: {v}."),
+    "beta": Hyper(H_BETA, 1.0, "beta (float): weight of the passive term. Default: {v}."),
+    "gamma": Hyper(H_GAMMA, 0.0, "gamma (float): focusing parameter of the focal weight "
+                   "``(1 - p)^gamma``, >= 0. Default: {v}."),
+    "q": Hyper(H_Q, 1.0, "q (float): exponent, > 0. Default: {v}."),
+    "a": Hyper(H_A, 1.0, "a (float): the asymmetric loss's offset (AUL: > 1, else > 0). "
+               "Default: {v}."),
+    "p_min": Hyper(None, 1e-7, "p_min (float): probability floor of the normalized "
+                   "negative term, in (0, 1). Default: {v}."),  # kernels read log p_min
+}
+
+
+@dataclass(frozen=True)
+class Term:
+    """One active or passive term.
+
+    - ``hyper``: the hyperparameters it reads (besides alpha/beta).
+    - ``stats2``: its row sums need the final lse, i.e. a second reduction over the row.
+    - ``per_element``: it has an elementwise gradient factor ``e_j`` (a ``<name>_elem``
+      unit); without one the term depends on ``p_y`` (and stats1) alone.
+    - ``focal``: it has a focal weight (``detach_focal_weight`` applies).
+    - ``check``: ``h -> error message or None`` on the resolved hyperparameters.
+    - ``constants``: ``h -> {slot: value}``, derived constants in double precision.
+    """
+
+    code: int
+    name: str
+    kind: str  # "active" or "passive"
+    doc: str
+    hyper: Tuple[str, ...] = ()
+    stats2: bool = False
+    per_element: bool = False
+    focal: bool = False
+    check: Optional[Callable[[dict], Optional[str]]] = None
+    constants: Callable[[dict], dict] = field(default=lambda h: {})
+
+
+def _gamma_ok(h):
+    return None if h["gamma"] >= 0.0 else f"gamma must be >= 0, got {h['gamma']}"
+
+
+def _pmin_ok(h):
+    return None if 0.0 < h["p_min"] < 1.0 else f"p_min must lie in (0, 1), got {h['p_min']}"
+
+
+def _all(*checks):
+    def check(h):
+        for c in checks:
+            msg = c(h)
+            if msg:
+                return msg
+        return None
+    return check
+
+
+def _q_ok(h):
+    return None if h["q"] > 0.0 else f"q must be > 0, got {h['q']}"
+
+
+def _a_pos(h):
+    return None if h["a"] > 0.0 else f"a must be > 0, got {h['a']}"
+
+
+def _a_gt1(h):
+    return None if h["a"] > 1.0 else f"a must be > 1 (AUL uses (a - 1)^q), got {h['a']}"
+
+
+def _nnce_constants(h):
+    return {H_LOG_PMIN: math.log(h["p_min"]), H_A_NNCE: -math.log(h["p_min"])}
+
+
+def _nnfl_constants(h):
+    pm, g = h["p_min"], h["gamma"]
+    return {H_LOG_PMIN: math.log(pm), H_A_NNFL: -((1.0 - pm) ** g) * math.log(pm)}
+
+
+_T = Term
+TERMS: Tuple[Term, ...] = tuple([
+    _T(A_NONE, "none", "active", "no active term"),
+    _T(A_CE, "ce", "active", "-log p_y"),
+    _T(A_FL, "fl", "active", "-(1 - p_y)^gamma log p_y", ("gamma",), focal=True, check=_gamma_ok),
+    _T(A_NCE, "nce", "active", "log p_y / sum_k log p_k", per_element=True),
+    _T(A_NFL, "nfl", "active", "w_y log p_y / sum_k w_k log p_k, w = (1 - p)^gamma", ("gamma",),
+       stats2=True, per_element=True, focal=True, check=_gamma_ok),
+    _T(P_NONE, "none", "passive", "no passive term"),
+    _T(P_NNCE, "nnce", "passive", "1 - v_y / sum_k v_k, v_k = A + log clamp(p_k, p_min, 1)",
+       ("p_min",), stats2=True, per_element=True, check=_pmin_ok, constants=_nnce_constants),
+    _T(P_NNFL, "nnfl", "passive", "1 - (A - FL_y) / (K A - sum_k FL_k)", ("gamma", "p_min"),
+       stats2=True, per_element=True, focal=True, check=_all(_pmin_ok, _gamma_ok),
+       constants=_nnfl_constants),
+    _T(P_MAE, "mae", "passive", "1 - p_y"),
+    _T(P_RCE, "rce", "passive", "-log(1e-4) sum_{k!=y} clamp(p_k, 1e-7, 1)", stats2=True,
+       per_element=True, constants=lambda h: {H_RCE_A: RCE_A, H_P_FLOOR: P_FLOOR}),
+    _T(P_GCE, "gce", "passive", "(1 - clamp(p_y, 1e-7, 1)^q) / q", ("q",), check=_q_ok,
+       constants=lambda h: {H_P_FLOOR: P_FLOOR}),
+    _T(P_AGCE, "agce", "passive", "((a+1)^q - (a+p_y)^q) / q", ("q", "a"),
+       check=_all(_q_ok, _a_pos), constants=lambda h: {H_C_PASS: (h["a"] + 1.0) ** h["q"]}),
+    _T(P_AUL, "aul", "passive", "((a-p_y)^q - (a-1)^q) / q", ("q", "a"),
+       check=_all(_q_ok, _a_gt1), constants=lambda h: {H_C_PASS: (h["a"] - 1.0) ** h["q"]}),
+    _T(P_AEL, "ael", "passive", "exp(-p_y / a)", ("a",), check=_a_pos),
+])
+# by code (active and passive codes overlap: two tables)
+ACTIVE_TERMS: Dict[int, Term] = {t.code: t for t in TERMS if t.kind == "active"}
+PASSIVE_TERMS: Dict[int, Term] = {t.code: t for t in TERMS if t.kind == "passive"}
+
+
+def terms_of(active: int, passive: int) -> Tuple[Term, Term]:
+    """The (active, passive) rows of a loss."""
+    return ACTIVE_TERMS[active], PASSIVE_TERMS[passive]
+
 
 def needs_stats2(active: int, passive: int) -> bool:
     """Terms whose row sums need the final lse (a second reduction over the row)."""
-    return active == A_NFL or passive in (P_NNCE, P_NNFL, P_RCE)
+    return ACTIVE_TERMS[active].stats2 or PASSIVE_TERMS[passive].stats2

@@ -12,26 +12,15 @@ Every loss is ``alpha * ACTIVE + beta * PASSIVE`` and is computed in three steps
    row scalars from ``epilogue``. ``ea``/``eb`` are the active/passive terms'
    elementwise masks or weights, the same values that stats2 summed.
 
-Derivation (one term at a time; ``dl_k/dz_j = [k == j] - p_j``, ``dp_y/dz_j = p_y([j==y] - p_j)``):
-- CE ``-l_y``:                 c1 = -1, c2 = 1.
-- FL ``-w_y l_y``, ``w = (1-p)^g`` detached: c1 = -u_y, c2 = u_y, with ``u = w``
-  (detached) or ``u = w + l p dw/dp = w - g l p w / (1 - p)`` (exact derivative).
-- NCE ``l_y / S``:           c1 = 1/S, c2 = -1/S + l_y c / S^2, c3 = -l_y / S^2, e = present.
-- NFL ``w_y l_y / T``, ``T = sum_k w_k l_k``: dT/dz_j = u_j - p_j U, so
-  c1 = u_y/T, c2 = -u_y/T + w_y l_y U / T^2, c3 = -w_y l_y / T^2, e = u (present).
-- NNCE ``1 - v_y / V``, ``v = A + max(l, log p_min)``, ``m_k = [l_k >= log p_min]``:
-  c1 = -m_y/V, c2 = m_y/V - v_y M / V^2, c3 = v_y / V^2, e = m.
-- NNFL ``1 - (A' - FL_y) / (c A' - sum FL)``, ``FL = -w(lc) lc``, ``lc = max(l, log p_min)``:
-  with ``N = A' - FL_y``, ``D = c A' - sum FL``, ``e = m u``, ``E = sum e``:
-  c1 = -m_y u_y / D, c2 = m_y u_y / D - N E / D^2, c3 = N / D^2.
-  D is summed as ``sum_k (A' - FL_k)`` over present classes: every term is >= 0, so
-  no cancellation (``K A' - sum FL`` loses ~eps K A' in float32 when many classes are
-  clamped); absent classes have FL = A' and contribute 0 either way.
-- RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``: with ``e = p [k != y][p >= 1e-7]``,
-  ``Q = sum e``: c2 = -A4 Q, c3 = A4. The gradient of a class in Q is A4 p_j (1 - Q);
-  when Q is near 1 we take Q = 1 - sum of the other p's, which float32 resolves.
-- MAE, GCE, AGCE, AUL, AEL depend on p_y alone: ``L = f(p_y)`` gives
-  c1 = f'(p_y) p_y, c2 = -c1 (GCE's clamp zeroes both where p_y < 1e-7).
+Each term is one unit, in the section "The terms" below: ``<name>_epilogue`` (its loss
+and gradient coefficients from the row sums, with the derivation in its docstring) and,
+for a term with an elementwise factor ``e_j``, ``<name>_elementwise`` (what stats2 sums
+and the ``e_j``). Their torch twins have the same names in fused_anl/_torch_terms.py,
+the term's facts (hyperparameters, stats2 or not, focal or not, derived constants,
+validation) are its row of kernels/_codes.py ``TERMS``, and ``elementwise`` and
+``epilogue`` at the end of this file dispatch on the compile-time codes.
+
+Derivations use ``dl_k/dz_j = [k == j] - p_j`` and ``dp_y/dz_j = p_y([j==y] - p_j)``.
 """
 import triton
 import triton.language as tl
@@ -124,14 +113,195 @@ def merge_stats1(m1, s1, d1, c1, m2, s2, d2, c2):
     return m, s, d, c1 + c2
 
 
+# ----------------------------------------------------------------------------- the terms
+# Active units: ``<name>_elementwise(z, l, p, present, h_ptr, EXACT) -> (a1, ea)`` and
+# ``<name>_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT) -> (L, c1, c2, c3)``.
+# Passive units: ``<name>_elementwise(z, l, p, present, cols, y, h_ptr, EXACT) -> (b1, eb, bc)``
+# and ``<name>_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT) -> (L, c1, c2, c3)``.
+# ``l``/``p``: the row's log-probabilities and probabilities (p = 0 where absent),
+# ``S = sum_k l_k`` over present classes, ``c`` = #present; A1, EA, B1, EB, BC: row sums
+# of a1, ea, b1, eb, bc. The gradient is ``c1 [j == y] + c2 p_j + c3 e_j``.
+
+
+@triton.jit
+def ce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+    """CE ``-l_y``: c1 = -1, c2 = 1."""
+    zero = tl.zeros_like(ly)  # not ly * 0.0: that is NaN where ly = -inf (CE = +inf is right)
+    return -ly, zero - 1.0, zero + 1.0, zero
+
+
+@triton.jit
+def fl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+    """FL ``-w_y l_y``, ``w = (1-p)^g`` detached: c1 = -u_y, c2 = u_y, with ``u = w``
+    (detached) or ``u = w + l p dw/dp = w - g l p w / (1 - p)`` (exact derivative)."""
+    gamma = tl.load(h_ptr + H_GAMMA)
+    w = _pow(1.0 - py, gamma)
+    u = _focal_u(ly, py, w, gamma, EXACT)
+    return -w * ly, -u, u, tl.zeros_like(ly)
+
+
+@triton.jit
+def nce_elementwise(z, l, p, present, h_ptr, EXACT: tl.constexpr):
+    """NCE's e: 1 on present classes (S and c come from stats1: no stats2)."""
+    return tl.zeros_like(z), tl.where(present, 1.0, 0.0).to(z.dtype)
+
+
+@triton.jit
+def nce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+    """NCE ``l_y / S``: c1 = 1/S, c2 = -1/S + l_y c / S^2, c3 = -l_y / S^2, e = present."""
+    # ratios first: ly * c / S^2 overflows float32 for huge logits where (ly/S)(c/S) does not
+    La = ly / S
+    return La, 1.0 / S, -1.0 / S + La * (c / S), -La / S
+
+
+@triton.jit
+def nfl_elementwise(z, l, p, present, h_ptr, EXACT: tl.constexpr):
+    """NFL's a1 = w l (summed to T) and e = u, on present classes."""
+    gamma = tl.load(h_ptr + H_GAMMA)
+    w = _pow(1.0 - p, gamma)
+    return (tl.where(present, w * l, 0.0),
+            tl.where(present, _focal_u(l, p, w, gamma, EXACT), 0.0))
+
+
+@triton.jit
+def nfl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+    """NFL ``w_y l_y / T``, ``T = sum_k w_k l_k`` (= A1): dT/dz_j = u_j - p_j U (U = EA), so
+    c1 = u_y/T, c2 = -u_y/T + w_y l_y U / T^2, c3 = -w_y l_y / T^2, e = u (present)."""
+    gamma = tl.load(h_ptr + H_GAMMA)
+    wy = _pow(1.0 - py, gamma)
+    uy = _focal_u(ly, py, wy, gamma, EXACT)
+    La = (wy * ly) / A1
+    return La, uy / A1, -uy / A1 + La * (EA / A1), -La / A1
+
+
+@triton.jit
+def nnce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+    """NNCE's b1 = v = A + max(l, log p_min) (0 where absent) and e = m = [l >= log p_min]."""
+    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+    b1 = tl.load(h_ptr + H_A_NNCE) + tl.maximum(l, log_pmin)
+    return b1, tl.where(l >= log_pmin, 1.0, 0.0).to(z.dtype), tl.zeros_like(z)
+
+
+@triton.jit
+def nnce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """NNCE ``1 - v_y / V``, ``v = A + max(l, log p_min)``, ``m_k = [l_k >= log p_min]``
+    (V = B1, M = EB): c1 = -m_y/V, c2 = m_y/V - v_y M / V^2, c3 = v_y / V^2, e = m."""
+    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+    vy = tl.load(h_ptr + H_A_NNCE) + tl.maximum(ly, log_pmin)
+    my = tl.where(ly >= log_pmin, 1.0, 0.0)
+    r = vy / B1
+    return 1.0 - r, -my / B1, my / B1 - r * (EB / B1), r / B1
+
+
+@triton.jit
+def nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+    """NNFL's b1 = A' - FL_k and e = m u (both 0 where clamped or absent)."""
+    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+    gamma = tl.load(h_ptr + H_GAMMA)
+    lc = tl.maximum(l, log_pmin)
+    pc = tl.exp(lc)
+    w = _pow(1.0 - pc, gamma)
+    # A' - FL_k >= 0, exactly 0 where clamped (computing it there would leave a
+    # rounding residue of ~eps A' per clamped class).
+    b1 = tl.where(l >= log_pmin, tl.load(h_ptr + H_A_NNFL) + w * lc, 0.0)
+    eb = tl.where(l >= log_pmin, _focal_u(l, p, w, gamma, EXACT), 0.0)
+    return b1, eb, tl.zeros_like(z)
+
+
+@triton.jit
+def nnfl_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """NNFL ``1 - (A' - FL_y) / (c A' - sum FL)``, ``FL = -w(lc) lc``, ``lc = max(l, log p_min)``:
+    with ``N = A' - FL_y``, ``D = c A' - sum FL`` (= B1), ``e = m u``, ``E = sum e`` (= EB):
+    c1 = -m_y u_y / D, c2 = m_y u_y / D - N E / D^2, c3 = N / D^2.
+    D is summed as ``sum_k (A' - FL_k)`` over present classes: every term is >= 0, so
+    no cancellation (``K A' - sum FL`` loses ~eps K A' in float32 when many classes are
+    clamped); absent classes have FL = A' and contribute 0 either way."""
+    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
+    gamma = tl.load(h_ptr + H_GAMMA)
+    a_nnfl = tl.load(h_ptr + H_A_NNFL)
+    lcy = tl.maximum(ly, log_pmin)
+    wy = _pow(1.0 - tl.exp(lcy), gamma)
+    uy = tl.where(ly >= log_pmin, _focal_u(ly, py, wy, gamma, EXACT), 0.0)
+    r = (a_nnfl + wy * lcy) / B1
+    return 1.0 - r, -uy / B1, uy / B1 - r * (EB / B1), r / B1
+
+
+@triton.jit
+def mae_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """MAE ``1 - p_y`` (``L = f(p_y)``: c1 = f'(p_y) p_y, c2 = -c1)."""
+    return 1.0 - py, -py, py, tl.zeros_like(ly)
+
+
+@triton.jit
+def rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+    """RCE's b1 = max(p, 1e-7) on present k != y, e = p [k != y][p >= 1e-7], and bc, the
+    complement of e (p where e is 0), so that 1 - Q = sum(bc) is exact."""
+    floor = tl.load(h_ptr + H_P_FLOOR)
+    other = present & (cols != y)
+    b1 = tl.where(other, tl.maximum(p, floor), 0.0)
+    in_q = other & (p >= floor)
+    return b1, tl.where(in_q, p, 0.0), tl.where(in_q, 0.0, p)
+
+
+@triton.jit
+def rce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``: with ``Q = sum e`` (= EB):
+    c2 = -A4 Q, c3 = A4. The gradient of a class in Q is A4 p_j (1 - Q); when Q is near 1
+    (a confident wrong class) we take Q = 1 - BC, the sum of the other p's, which float32
+    resolves: no cancellation in 1 - Q."""
+    rce_a = tl.load(h_ptr + H_RCE_A)
+    zero = tl.zeros_like(ly)
+    return rce_a * B1, zero, -rce_a * tl.where(EB > 0.5, 1.0 - BC, EB), zero + rce_a
+
+
+@triton.jit
+def gce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """GCE ``(1 - max(p_y, 1e-7)^q) / q``: c1 = -p_y^q, c2 = -c1 (the clamp zeroes both
+    where p_y < 1e-7)."""
+    q = tl.load(h_ptr + H_Q)
+    floor = tl.load(h_ptr + H_P_FLOOR)
+    pq = _pow(tl.maximum(py, floor), q)
+    k1 = tl.where(py >= floor, -pq, 0.0)
+    return (1.0 - pq) / q, k1, -k1, tl.zeros_like(ly)
+
+
+@triton.jit
+def agce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """AGCE ``((a+1)^q - (a+p_y)^q) / q``: c1 = -(a+p_y)^(q-1) p_y, c2 = -c1."""
+    q = tl.load(h_ptr + H_Q)
+    a = tl.load(h_ptr + H_A)
+    k1 = -_pow(a + py, q - 1.0) * py
+    return (tl.load(h_ptr + H_C_PASS) - _pow(a + py, q)) / q, k1, -k1, tl.zeros_like(ly)
+
+
+@triton.jit
+def aul_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """AUL ``((a-p_y)^q - (a-1)^q) / q``: c1 = -(a-p_y)^(q-1) p_y, c2 = -c1."""
+    q = tl.load(h_ptr + H_Q)
+    a = tl.load(h_ptr + H_A)
+    k1 = -_pow(a - py, q - 1.0) * py
+    return (_pow(a - py, q) - tl.load(h_ptr + H_C_PASS)) / q, k1, -k1, tl.zeros_like(ly)
+
+
+@triton.jit
+def ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """AEL ``exp(-p_y / a)``: c1 = -L p_y / a, c2 = -c1."""
+    a = tl.load(h_ptr + H_A)
+    Lb = tl.exp(-py / a)
+    k1 = -Lb / a * py
+    return Lb, k1, -k1, tl.zeros_like(ly)
+
+
+# -------------------------------------------------------------- the dispatch on the codes
+
+
 @triton.jit
 def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr):
     """Per-element (a1, ea, b1, eb, bc, p): what stats2 sums, what the gradient weights.
 
-    a1: NFL's w*l.  ea: the active term's e (present for NCE, u for NFL).
-    b1: NNCE's v, NNFL's A' - FL, RCE's max(p, 1e-7).  eb: the passive term's e.
-    bc: RCE's complement of eb (p where eb is 0), so that 1 - Q = sum(bc) is exact.
+    a1/ea: the active term's stats2 value and e (its ``<name>_elementwise``); b1/eb/bc:
+    the passive term's. Terms without an elementwise unit give zeros.
     """
     present = z > NEG_INF
     # (z - m) - log s, not z - lse: exact for the max entry, and no absolute error
@@ -141,37 +311,19 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
     zero = tl.zeros_like(z)
     a1 = zero
     ea = zero
+    if ACTIVE == A_NCE:
+        a1, ea = nce_elementwise(z, l, p, present, h_ptr, EXACT)
+    if ACTIVE == A_NFL:
+        a1, ea = nfl_elementwise(z, l, p, present, h_ptr, EXACT)
     b1 = zero
     eb = zero
     bc = zero
-    if ACTIVE == A_NCE:
-        ea = tl.where(present, 1.0, 0.0).to(z.dtype)
-    if ACTIVE == A_NFL:
-        gamma = tl.load(h_ptr + H_GAMMA)
-        w = _pow(1.0 - p, gamma)
-        a1 = tl.where(present, w * l, 0.0)
-        ea = tl.where(present, _focal_u(l, p, w, gamma, EXACT), 0.0)
     if PASSIVE == P_NNCE:
-        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-        b1 = tl.load(h_ptr + H_A_NNCE) + tl.maximum(l, log_pmin)
-        eb = tl.where(l >= log_pmin, 1.0, 0.0).to(z.dtype)
+        b1, eb, bc = nnce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     if PASSIVE == P_NNFL:
-        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-        gamma = tl.load(h_ptr + H_GAMMA)
-        lc = tl.maximum(l, log_pmin)
-        pc = tl.exp(lc)
-        w = _pow(1.0 - pc, gamma)
-        # A' - FL_k >= 0, exactly 0 where clamped (computing it there would leave a
-        # rounding residue of ~eps A' per clamped class).
-        b1 = tl.where(l >= log_pmin, tl.load(h_ptr + H_A_NNFL) + w * lc, 0.0)
-        eb = tl.where(l >= log_pmin, _focal_u(l, p, w, gamma, EXACT), 0.0)
+        b1, eb, bc = nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     if PASSIVE == P_RCE:
-        floor = tl.load(h_ptr + H_P_FLOOR)
-        other = present & (cols != y)
-        b1 = tl.where(other, tl.maximum(p, floor), 0.0)
-        in_q = other & (p >= floor)
-        eb = tl.where(in_q, p, 0.0)
-        bc = tl.where(in_q, 0.0, p)
+        b1, eb, bc = rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     return a1, ea, b1, eb, bc, p
 
 
@@ -182,101 +334,42 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
     log_s = tl.log(s)
     ly = (zy - m) - log_s
     py = tl.exp(ly)
+    S = d - c * log_s  # NCE's normalizer sum_k l_k
     alpha = tl.load(h_ptr + H_ALPHA)
     beta = tl.load(h_ptr + H_BETA)
-    zero = tl.zeros_like(ly)  # not ly * 0.0: that is NaN where ly = -inf (CE = +inf is right)
+    zero = tl.zeros_like(ly)
     La = zero
     k1a = zero
     k2a = zero
     k3a = zero
     if ACTIVE == A_CE:
-        La = -ly
-        k1a = zero - 1.0
-        k2a = zero + 1.0
+        La, k1a, k2a, k3a = ce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
     if ACTIVE == A_FL:
-        gamma = tl.load(h_ptr + H_GAMMA)
-        w = _pow(1.0 - py, gamma)
-        u = _focal_u(ly, py, w, gamma, EXACT)
-        La = -w * ly
-        k1a = -u
-        k2a = u
+        La, k1a, k2a, k3a = fl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
     if ACTIVE == A_NCE:
-        S = d - c * log_s
-        # ratios first: ly * c / S^2 overflows float32 for huge logits where (ly/S)(c/S) does not
-        La = ly / S
-        k1a = 1.0 / S
-        k2a = -1.0 / S + La * (c / S)
-        k3a = -La / S
+        La, k1a, k2a, k3a = nce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
     if ACTIVE == A_NFL:
-        gamma = tl.load(h_ptr + H_GAMMA)
-        wy = _pow(1.0 - py, gamma)
-        uy = _focal_u(ly, py, wy, gamma, EXACT)
-        num = wy * ly
-        La = num / A1
-        k1a = uy / A1
-        k2a = -uy / A1 + La * (EA / A1)
-        k3a = -La / A1
+        La, k1a, k2a, k3a = nfl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
     Lb = zero
     k1b = zero
     k2b = zero
     k3b = zero
     if PASSIVE == P_NNCE:
-        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-        vy = tl.load(h_ptr + H_A_NNCE) + tl.maximum(ly, log_pmin)
-        my = tl.where(ly >= log_pmin, 1.0, 0.0)
-        r = vy / B1
-        Lb = 1.0 - r
-        k1b = -my / B1
-        k2b = my / B1 - r * (EB / B1)
-        k3b = r / B1
+        Lb, k1b, k2b, k3b = nnce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_NNFL:
-        log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-        gamma = tl.load(h_ptr + H_GAMMA)
-        a_nnfl = tl.load(h_ptr + H_A_NNFL)
-        lcy = tl.maximum(ly, log_pmin)
-        wy = _pow(1.0 - tl.exp(lcy), gamma)
-        uy = tl.where(ly >= log_pmin, _focal_u(ly, py, wy, gamma, EXACT), 0.0)
-        num = a_nnfl + wy * lcy
-        den = B1
-        r = num / den
-        Lb = 1.0 - r
-        k1b = -uy / den
-        k2b = uy / den - r * (EB / den)
-        k3b = r / den
+        Lb, k1b, k2b, k3b = nnfl_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_MAE:
-        Lb = 1.0 - py
-        k1b = -py
-        k2b = py
+        Lb, k1b, k2b, k3b = mae_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_RCE:
-        rce_a = tl.load(h_ptr + H_RCE_A)
-        Lb = rce_a * B1
-        # Q near 1 (a confident wrong class) is 1 - BC: no cancellation in 1 - Q.
-        k2b = -rce_a * tl.where(EB > 0.5, 1.0 - BC, EB)
-        k3b = zero + rce_a
+        Lb, k1b, k2b, k3b = rce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_GCE:
-        q = tl.load(h_ptr + H_Q)
-        floor = tl.load(h_ptr + H_P_FLOOR)
-        pq = _pow(tl.maximum(py, floor), q)
-        Lb = (1.0 - pq) / q
-        k1b = tl.where(py >= floor, -pq, 0.0)
-        k2b = -k1b
+        Lb, k1b, k2b, k3b = gce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_AGCE:
-        q = tl.load(h_ptr + H_Q)
-        a = tl.load(h_ptr + H_A)
-        Lb = (tl.load(h_ptr + H_C_PASS) - _pow(a + py, q)) / q
-        k1b = -_pow(a + py, q - 1.0) * py
-        k2b = -k1b
+        Lb, k1b, k2b, k3b = agce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_AUL:
-        q = tl.load(h_ptr + H_Q)
-        a = tl.load(h_ptr + H_A)
-        Lb = (_pow(a - py, q) - tl.load(h_ptr + H_C_PASS)) / q
-        k1b = -_pow(a - py, q - 1.0) * py
-        k2b = -k1b
+        Lb, k1b, k2b, k3b = aul_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_AEL:
-        a = tl.load(h_ptr + H_A)
-        Lb = tl.exp(-py / a)
-        k1b = -Lb / a * py
-        k2b = -k1b
+        Lb, k1b, k2b, k3b = ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     # 0, or NaN in a NaN row (s is NaN there, see stats1_block): added to every output,
     # since clamps (tl.maximum drops a NaN) and constant coefficients would not carry it.
     nan_row = log_s * 0.0
