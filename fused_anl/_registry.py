@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 
 from .kernels._codes import (  # noqa: F401  (term codes and facts shared with the kernels)
-    A_CE, A_FL, A_NCE, A_NFL, A_NONE, ACTIVE_TERMS, HYPERS, P_AEL, P_AGCE, P_AUL, P_FLOOR,
+    A_CE, A_FL, A_NCE, A_NFL, A_NONE, ACTIVE_TERMS, HYPERS, P_AEL, P_AGCE, P_AMSE, P_AUL, P_FLOOR,
     P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS, terms_of,
 )
 
@@ -79,6 +79,12 @@ LOSSES = {
         _spec("nce_agce", A_NCE, P_AGCE, "NCEAGCELoss", "alpha NCE + beta AGCE", **_AB, a=6.0, q=1.5),
         _spec("nce_aul", A_NCE, P_AUL, "NCEAULLoss", "alpha NCE + beta AUL", **_AB, a=6.3, q=1.5),
         _spec("nce_ael", A_NCE, P_AEL, "NCEAELLoss", "alpha NCE + beta AEL", **_AB, a=5.0),
+        # Joint Asymmetric Loss (JAL; defaults: its CIFAR-10 configuration)
+        _spec("amse", A_NONE, P_AMSE, "AMSELoss", "mean_k (p_k - a [k == y])^2", a=30.0),
+        _spec("nce_amse", A_NCE, P_AMSE, "NCEAMSELoss", "alpha NCE + beta AMSE (JAL-CE)", **_AB,
+              a=30.0),
+        _spec("nfl_amse", A_NFL, P_AMSE, "NFLAMSELoss", "alpha NFL + beta AMSE (JAL-FL)", **_AB,
+              **_G, a=30.0),
     ]
 }
 

@@ -195,6 +195,27 @@ def ael_epilogue(ly, py, c, B1, EB, BC, h, exact):
     return Lb, k1, -k1, torch.zeros_like(ly)
 
 
+@_needs("p")
+def amse_elementwise(L, P, present, ys, in_range, h, exact, need_sums):
+    # the other classes' p (y's column 0; absent: p = 0); e = their p^2; BC = their sum,
+    # i.e. 1 - p_y without cancellation
+    yi = torch.where(in_range, ys, 0)[:, None]
+    po = P.scatter(1, yi, torch.where(in_range, 0.0, P.gather(1, yi)[:, 0])[:, None])
+    eb = po * po
+    if not need_sums:
+        return eb, None, None, None
+    q2 = eb.sum(1)
+    return eb, q2, q2, po.sum(1)
+
+
+@_needs("row_stats")
+def amse_epilogue(ly, py, c, B1, EB, BC, h, exact):
+    a = h["a"]
+    D = torch.where(py > 0.5, (a - 1.0) + BC, a - py)
+    r = 2.0 / c
+    return (D * D + B1) / c, -r * py * D, r * (py * D - B1), torch.zeros_like(ly) + r
+
+
 # -------------------------------------------------------------- the dispatch on the codes
 # code -> (elementwise unit or None, epilogue unit or None); NONE: no term.
 ACTIVE = {
@@ -214,6 +235,7 @@ PASSIVE = {
     C.P_AGCE: (None, agce_epilogue),
     C.P_AUL: (None, aul_epilogue),
     C.P_AEL: (None, ael_epilogue),
+    C.P_AMSE: (amse_elementwise, amse_epilogue),
 }
 
 

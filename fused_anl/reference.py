@@ -94,9 +94,15 @@ def _ael(l, p, present, y_onehot, h, detach):
     return torch.exp(-_p_y(p, y_onehot) / h["a"])
 
 
+def _amse(l, p, present, y_onehot, h, detach):
+    # the mean over the present classes of (p_k - a [k == y])^2
+    sq = (p - h["a"] * y_onehot.to(p.dtype)) ** 2
+    return sq.where(present, 0).sum(1) / present.sum(1).to(p.dtype)
+
+
 ACTIVE = {R.A_CE: _ce, R.A_FL: _fl, R.A_NCE: _nce, R.A_NFL: _nfl}
 PASSIVE = {R.P_NNCE: _nnce, R.P_NNFL: _nnfl, R.P_MAE: _mae, R.P_RCE: _rce, R.P_GCE: _gce,
-           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael}
+           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse}
 
 
 def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):

@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Optional, Tuple
 
 A_NONE, A_CE, A_FL, A_NCE, A_NFL = 0, 1, 2, 3, 4
-P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL = 0, 1, 2, 3, 4, 5, 6, 7, 8
+(P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL,
+ P_AMSE) = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 # Hyperparameter vector, in the compute dtype, read by the kernels.
 (H_ALPHA, H_BETA, H_GAMMA, H_Q, H_A, H_LOG_PMIN, H_A_NNCE, H_A_NNFL, H_C_PASS, H_RCE_A,
@@ -51,8 +52,8 @@ HYPERS: Dict[str, Hyper] = {
     "gamma": Hyper(H_GAMMA, 0.0, "gamma (float): focusing parameter of the focal weight "
                    "``(1 - p)^gamma``, >= 0. Default: {v}."),
     "q": Hyper(H_Q, 1.0, "q (float): exponent, > 0. Default: {v}."),
-    "a": Hyper(H_A, 1.0, "a (float): the asymmetric loss's offset (AUL: > 1, else > 0). "
-               "Default: {v}."),
+    "a": Hyper(H_A, 1.0, "a (float): the asymmetric loss's offset (AUL: > 1; AGCE, AEL: > 0; "
+               "AMSE: the label's target value, any finite number). Default: {v}."),
     "p_min": Hyper(None, 1e-7, "p_min (float): probability floor of the normalized "
                    "negative term, in (0, 1). Default: {v}."),  # kernels read log p_min
 }
@@ -146,6 +147,8 @@ TERMS: Tuple[Term, ...] = tuple([
     _T(P_AUL, "aul", "passive", "((a-p_y)^q - (a-1)^q) / q", ("q", "a"),
        check=_all(_q_ok, _a_gt1), constants=lambda h: {H_C_PASS: (h["a"] - 1.0) ** h["q"]}),
     _T(P_AEL, "ael", "passive", "exp(-p_y / a)", ("a",), check=_a_pos),
+    _T(P_AMSE, "amse", "passive", "mean_k (p_k - a [k == y])^2 over the K present classes",
+       ("a",), stats2=True, per_element=True),
 ])
 # by code (active and passive codes overlap: two tables)
 ACTIVE_TERMS: Dict[int, Term] = {t.code: t for t in TERMS if t.kind == "active"}
@@ -155,6 +158,12 @@ PASSIVE_TERMS: Dict[int, Term] = {t.code: t for t in TERMS if t.kind == "passive
 def terms_of(active: int, passive: int) -> Tuple[Term, Term]:
     """The (active, passive) rows of a loss."""
     return ACTIVE_TERMS[active], PASSIVE_TERMS[passive]
+
+
+def has_elementwise(active: int, passive: int) -> Tuple[bool, bool]:
+    """Whether the active / passive term has an elementwise gradient factor ``e_j`` (the
+    kernels may skip ``c3 * e_j`` for a term without one)."""
+    return ACTIVE_TERMS[active].per_element, PASSIVE_TERMS[passive].per_element
 
 
 def needs_stats2(active: int, passive: int) -> bool:

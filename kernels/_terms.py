@@ -6,7 +6,7 @@ Every loss is ``alpha * ACTIVE + beta * PASSIVE`` and is computed in three steps
    ``d = sum (z - m)``, ``c = #present`` (present: ``z > -inf``). Hence
    ``lse = m + log s`` and NCE's normalizer ``S = sum_k l_k = d - c log s``.
 2. stats2 over the row, once lse is known, for the terms that need it
-   (NFL, NNCE, NNFL, RCE): per-element values ``a1, ea, b1, eb`` summed to
+   (NFL, NNCE, NNFL, RCE, AMSE): per-element values ``a1, ea, b1, eb`` summed to
    ``A1, EA, B1, EB`` (see ``elementwise``).
 3. the gradient ``dL/dz_j = c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)`` with
    row scalars from ``epilogue``. ``ea``/``eb`` are the active/passive terms'
@@ -41,6 +41,7 @@ P_GCE = tl.constexpr(C.P_GCE)
 P_AGCE = tl.constexpr(C.P_AGCE)
 P_AUL = tl.constexpr(C.P_AUL)
 P_AEL = tl.constexpr(C.P_AEL)
+P_AMSE = tl.constexpr(C.P_AMSE)
 H_ALPHA = tl.constexpr(C.H_ALPHA)
 H_BETA = tl.constexpr(C.H_BETA)
 H_GAMMA = tl.constexpr(C.H_GAMMA)
@@ -292,6 +293,32 @@ def ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
     return Lb, k1, -k1, tl.zeros_like(ly)
 
 
+@triton.jit
+def amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+    """AMSE's b1 = e = p^2 and bc = p, both on present k != y (so B1 = EB = Q2, the other
+    classes' sum of squares, and BC = 1 - p_y, resolved where p_y is near 1)."""
+    other = present & (cols != y)
+    p2 = tl.where(other, p * p, 0.0)
+    return p2, p2, tl.where(other, p, 0.0)
+
+
+@triton.jit
+def amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """AMSE ``(1/K) sum_k (p_k - a [k == y])^2 = ((a - p_y)^2 + Q2) / K`` over the K = c
+    present classes, ``Q2 = sum_{k != y} p_k^2`` (= B1): a sum of squares, no cancellation.
+    With ``D = a - p_y``, ``dL/dz_j = (2/K)(p_j^2 - p_j sum_k p_k^2 - a p_y [j == y]
+    + a p_y p_j)`` is, with ``e = p^2 [j != y]``:
+    c1 = -(2/K) p_y D, c2 = (2/K)(p_y D - Q2), c3 = 2/K.
+    (The y column, c1 + c2 p_y = -(2/K) p_y (D (1 - p_y) + Q2), cancels only by
+    ~eps |D| 2/K: for a = 1 and p_y near 1 that is small, where ``e = p^2`` at y too would
+    leave ~eps (a + 1) 2/K.) ``D`` is ``(a - 1) + BC`` where p_y > 1/2 (``1 - p_y`` as the
+    sum of the other p's), else ``a - p_y``."""
+    a = tl.load(h_ptr + H_A)
+    D = tl.where(py > 0.5, (a - 1.0) + BC, a - py)
+    r = 2.0 / c
+    return (D * D + B1) / c, -r * py * D, r * (py * D - B1), tl.zeros_like(ly) + r
+
+
 # -------------------------------------------------------------- the dispatch on the codes
 
 
@@ -324,6 +351,8 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
         b1, eb, bc = nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     if PASSIVE == P_RCE:
         b1, eb, bc = rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
+    if PASSIVE == P_AMSE:
+        b1, eb, bc = amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     return a1, ea, b1, eb, bc, p
 
 
@@ -370,6 +399,8 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         Lb, k1b, k2b, k3b = aul_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_AEL:
         Lb, k1b, k2b, k3b = ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+    if PASSIVE == P_AMSE:
+        Lb, k1b, k2b, k3b = amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     # 0, or NaN in a NaN row (s is NaN there, see stats1_block): added to every output,
     # since clamps (tl.maximum drops a NaN) and constant coefficients would not carry it.
     nan_row = log_s * 0.0
