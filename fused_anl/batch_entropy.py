@@ -126,18 +126,20 @@ def _shares(C, T, p_min):
     return u, g, (q * log_q).sum(), (u * g).sum()
 
 
-def _class_step(C, T, qlogq, ug, g, k_total):
-    """``E`` and ``G = dE/dC`` from the (global) sums; an empty batch (``T == 0``: every row
-    ignored) gives ``E = 0`` and ``G = 0``. A NaN ``T`` (a NaN row) keeps ``E`` NaN."""
+def _class_step(C, T, qlogq, ug, g, log_k):
+    """``E`` and ``G = dE/dC`` from the (global) sums and ``log K`` (a float, or a tensor:
+    no device sync); an empty batch (``T == 0``: every row ignored) gives ``E = 0`` and
+    ``G = 0``. A NaN ``T`` (a NaN row) keeps ``E`` NaN."""
     empty = T == 0
-    E = torch.where(empty, 0.0, qlogq + math.log(k_total))
+    E = torch.where(empty, 0.0, qlogq + log_k)
     G = torch.where(empty, 0.0, (g - ug) / T)
     return E, G
 
 
 def _column_sums(z3, valid, ms, s, p_min, cdt, step):
-    """Column sums ``C`` of the clamped probabilities of the valid rows, one pass; fills
-    ``ms``/``s`` (when given as None-filled: computes them) per row."""
+    """``(C, ms, s)``: column sums ``C`` of the clamped probabilities of the valid rows, in
+    one pass; ``ms``, ``s``: the rows' max and sum of exp (or lse and 1), or None to compute
+    them chunk by chunk in the same pass."""
     n, k, d = z3.shape
     C = torch.zeros(k, dtype=cdt, device=z3.device)
     have_stats = ms is not None
@@ -187,7 +189,7 @@ class _BatchEntropy(torch.autograd.Function):
             C, ms, s = _column_sums(z3, valid, ms, s, p_min, cdt, step)
             T = C.sum()
             u, g, qlogq, ug = _shares(C, T, p_min)
-            E, G = _class_step(C, T, qlogq, ug, g, k)
+            E, G = _class_step(C, T, qlogq, ug, g, math.log(k))
             return E, ms, s, G
         import torch.distributed as dist
         if ms is None:  # the full rows' (max, sum exp): the shards' stats1, all_gathered
@@ -199,11 +201,11 @@ class _BatchEntropy(torch.autograd.Function):
         C, ms, s = _column_sums(z3, valid, ms, s, p_min, cdt, step)
         tk = torch.stack([C.sum(), torch.tensor(float(k), dtype=cdt, device=C.device)])
         dist.all_reduce(tk, group=group)  # T and the global K
-        T, k_total = tk[0], int(round(float(tk[1])))
+        T = tk[0]
         u, g, qlogq, ug = _shares(C, T, p_min)
         sums = torch.stack([qlogq, ug])
         dist.all_reduce(sums, group=group)
-        E, G = _class_step(C, T, sums[0], sums[1], g, k_total)
+        E, G = _class_step(C, T, sums[0], sums[1], g, torch.log(tk[1]))
         return E, ms, s, G
 
     @staticmethod

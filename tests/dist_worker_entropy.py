@@ -137,6 +137,27 @@ def run(rank, world, store):
         for name, fn in originals.items():
             setattr(dist, name, fn)
 
+    # passes over the shard's rows: forward 2 (stats1, column sums), backward 2 (R_n, gradient)
+    import fused_anl._torch_backend as TB
+    seen = []
+    chunks = TB._row_chunks
+
+    def counting(z3, step_rows=None):
+        for n0, n1, c in chunks(z3, step_rows):
+            seen.append(n1 - n0)
+            yield n0, n1, c
+
+    TB._row_chunks = counting
+    try:
+        shard = z[:, rank * kl:(rank + 1) * kl].clone().requires_grad_(True)
+        e = BE.batch_entropy(shard, t, process_group=group)
+        assert sum(seen) == 2 * z.shape[0], seen
+        seen.clear()
+        e.backward()
+        assert sum(seen) == 2 * z.shape[0], seen
+    finally:
+        TB._row_chunks = chunks
+
     # float32 logits: the same term within float32 rounding of the full computation
     z32 = z.float()
     full = z32.clone().requires_grad_(True)

@@ -231,7 +231,7 @@ def test_share_clamp_bound_is_inclusive():
         with torch.no_grad():
             T = c.sum()
             u, g, qlogq, ug = BE._shares(c.detach(), T, p_min)
-            e, G = BE._class_step(c.detach(), T, qlogq, ug, g, len(C))
+            e, G = BE._class_step(c.detach(), T, qlogq, ug, g, math.log(len(C)))
         torch.testing.assert_close(e, e_ref.detach(), rtol=0, atol=1e-15)
         torch.testing.assert_close(G, c.grad, rtol=1e-14, atol=1e-15)
         assert (u == p_min).any() or (u == 1 - p_min).any()
@@ -327,6 +327,28 @@ def test_no_n_by_k_tensor_saved_for_backward():
     big = [s for s in saved if s.numel() >= x.numel()]
     assert len(big) == 1 and big[0].data_ptr() == x.data_ptr()
     assert sum(s.numel() for s in saved if s is not big[0]) == 3 * 40 + 12
+
+
+def test_one_pass_over_the_rows_each_way(monkeypatch):
+    """Forward reads every row once (statistics and column sums in the same chunk), backward
+    once (R_n and the gradient from the same chunk)."""
+    import fused_anl._torch_backend as TB
+    z, t = make_batch(30, 7, 16)
+    seen = []
+    chunks = TB._row_chunks
+
+    def counting(z3, step_rows=None):
+        for n0, n1, c in chunks(z3, step_rows):
+            seen.append(n1 - n0)
+            yield n0, n1, c
+
+    monkeypatch.setattr(TB, "_row_chunks", counting)
+    x = z.clone().requires_grad_(True)
+    e = batch_entropy(x, t)
+    assert sum(seen) == 30 and len(seen) > 1
+    seen.clear()
+    e.backward()
+    assert sum(seen) == 30
 
 
 def test_grad_output_scales_and_repeated_backward():
