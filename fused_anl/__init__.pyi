@@ -19,6 +19,8 @@ from .modules import ANLLoss as ANLLoss
 from .modules import FusedLoss as FusedLoss
 from .noise import asymmetric_noise as asymmetric_noise
 from .noise import symmetric_noise as symmetric_noise
+from .recipe import Recipe as Recipe
+from .recipe import from_config as from_config
 from .recipes import l1_penalty as l1_penalty
 
 __version__: str

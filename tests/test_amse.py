@@ -141,3 +141,23 @@ def test_nan_row(backend):
     assert torch.isnan(v[4]) and torch.all(torch.isnan(g[4]))
     keep = torch.tensor([0, 1, 2, 5])
     assert torch.all(torch.isfinite(v[keep])) and torch.all(torch.isfinite(g[keep]))
+
+
+@pytest.mark.parametrize("name", JAL)
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_fused_linear_path(name, backend):
+    """linear_<name>(hidden, weight, target) is <name>(hidden @ weight.T + bias, target),
+    its gradients included (row chunks of 3, one ignored row)."""
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(7, 5, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    w = torch.randn(11, 5, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    b = torch.randn(11, generator=g, dtype=torch.float64).to(DEVICE).requires_grad_(True)
+    t = torch.randint(0, 11, (7,), generator=g).to(DEVICE)
+    t[2] = -100
+    v = getattr(fused_anl, f"linear_{name}")(h, w, t, b, chunk_size=3, backend=backend)
+    grads = torch.autograd.grad(v, (h, w, b))
+    vr = getattr(fused_anl.reference, name)(h @ w.T + b, t)
+    grads_r = torch.autograd.grad(vr, (h, w, b))
+    torch.testing.assert_close(v, vr, rtol=1e-10, atol=0)
+    for x, xr in zip(grads, grads_r):
+        torch.testing.assert_close(x, xr, rtol=1e-10, atol=1e-12)

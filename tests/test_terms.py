@@ -142,8 +142,9 @@ def test_validation_from_table(name, kw, msg):
 
 def test_kernel_lists_of_elementwise_terms_match_table():
     """Where kernels/row_loss.py spells out which terms have an elementwise factor
-    (``HAS_EA`` / ``HAS_EB``), the list must be the table's ``per_element`` terms: a term
-    left out would lose its ``c3 e_j`` part of the gradient."""
+    (``HAS_EA`` / ``HAS_EB``, as a list or as ``not`` the list of those without), it must
+    be the table's ``per_element`` terms: a term left out would lose its ``c3 e_j`` part of
+    the gradient."""
     from pathlib import Path
     src = (Path(_terms.__file__).parent / "row_loss.py").read_text()
     want = {"HAS_EA": {t.code for t in C.ACTIVE_TERMS.values() if t.per_element},
@@ -155,4 +156,7 @@ def test_kernel_lists_of_elementwise_terms_match_table():
                 if isinstance(tgt, ast.Name) and tgt.id in want and node.value is not None:
                     codes = {getattr(C, n.id) for n in ast.walk(node.value)
                              if isinstance(n, ast.Name) and n.id[:2] in ("A_", "P_")}
+                    if isinstance(node.value, ast.UnaryOp) and isinstance(node.value.op, ast.Not):
+                        table = C.ACTIVE_TERMS if tgt.id == "HAS_EA" else C.PASSIVE_TERMS
+                        codes = set(table) - codes  # ``not (the terms without e)``
                     assert codes == want[tgt.id], (tgt.id, codes, want[tgt.id])
