@@ -27,13 +27,15 @@ import torch
 from . import _torch_terms as _U
 from ._checks import compute_dtype
 
-# Elements (rows x K) per chunk: 2^20 float32 = 4 MiB per buffer, so the log-softmax /
-# gradient rows of a chunk and their few temporaries stay in the last-level cache
-# between the ops that follow, while each op is large enough that its parallel-region
-# overhead is small. On the 2-core development machine, under load, 2^20 beat 2^16 and
-# 2^18 at K = 1000 and 32768 (CE and ANL-CE, fwd+bwd); 2^22 was better at K = 32768
-# only, for four times the temporaries.
-CHUNK_ELEMENTS = 1 << 20
+# Elements (rows x K) per chunk: 2^22 float32 = 16 MiB per buffer, a few buffers of
+# temporaries per call however large N x K is. Measured on the 2-core development machine
+# (fwd+bwd, fp32, N = 4096; benchmarks/cpu_chunks.py, 2026-12-02, interleaved medians, load
+# 1.3-2.1): with 2 threads at K = 1000, 2^22 halved the time of 2^20 (ce 73 vs 148 ms,
+# nce 89 vs 201, anl_ce 165 vs 402) and 2^24 gained little more (ce 64); at K = 32768 the
+# three sizes were within 3% (ce 818-846 ms, F.cross_entropy 1201). With 1 thread at
+# K = 1000, 2^22 was on par or better except NFL (149 vs 71 ms): the shared machine's
+# noise is of that order, so the choice is the one that wins on the common losses.
+CHUNK_ELEMENTS = 1 << 22
 
 _NEG_INF = float("-inf")
 _NAN = float("nan")
