@@ -6,7 +6,9 @@ from . import modules
 
 # The published hyperparameters: the paper's table (anl_ce, anl_fl, nce_rce, gce, sce,
 # nce_agce) and, for the other losses, the published configuration files (config/*.json of
-# the authors' code; WebVision has files only for the table's losses). They agree except
+# the authors' code; WebVision has files only for the table's losses); JAL-CE and JAL-FL
+# (nce_amse, nfl_amse) from the JAL code's config.py (NCEandAMSE, NFLandAMSE; gamma is its
+# NFL default, 0.5). The ANL table and files agree except
 # webvision_anl_ce.json's delta, 5e-6 where the table has 6e-6 (tests/test_configs.py).
 # "delta" is ANL's L1 weight: the ANL modules hold it and return ``delta * sum |theta|``
 # from ``regularizer(model)``; it is not part of the loss of the logits.
@@ -36,6 +38,8 @@ PRESETS = {
         "nfl_rce": dict(alpha=1.0, beta=1.0, gamma=0.5),
         "nce_aul": dict(alpha=1.0, beta=4.0, a=6.3, q=1.5),
         "nce_ael": dict(alpha=1.0, beta=4.0, a=5.0),
+        "nce_amse": dict(alpha=1.0, beta=1.0, a=30.0),
+        "nfl_amse": dict(alpha=1.0, beta=1.0, gamma=0.5, a=30.0),
     },
     "cifar100": {
         "anl_ce": dict(alpha=10.0, beta=1.0, delta=5e-7),
@@ -49,6 +53,8 @@ PRESETS = {
         "nfl_rce": dict(alpha=10.0, beta=0.1, gamma=0.5),
         "nce_aul": dict(alpha=10.0, beta=0.015, a=6.0, q=3.0),
         "nce_ael": dict(alpha=10.0, beta=0.1, a=1.5),
+        "nce_amse": dict(alpha=5.0, beta=1.0, a=20.0),
+        "nfl_amse": dict(alpha=5.0, beta=1.0, gamma=0.5, a=20.0),
     },
     "webvision": {
         "anl_ce": dict(alpha=20.0, beta=1.0, delta=6e-6),
@@ -57,6 +63,13 @@ PRESETS = {
         "gce": dict(q=0.7),
         "sce": dict(alpha=10.0, beta=1.0),
         "nce_agce": dict(alpha=50.0, beta=0.1, a=2.5, q=3.0),
+        "nce_amse": dict(alpha=50.0, beta=1.0, a=30.0),
+        "nfl_amse": dict(alpha=50.0, beta=1.0, gamma=0.5, a=30.0),
+    },
+    # Joint Asymmetric Loss (JAL, ICCV 2025) only: its config.py's Clothing1M setting
+    "clothing1m": {
+        "nce_amse": dict(alpha=5.0, beta=0.1, a=5.0),
+        "nfl_amse": dict(alpha=5.0, beta=0.1, gamma=0.5, a=5.0),
     },
 }
 

@@ -977,7 +977,7 @@ def test_presets_are_the_published_configs():
     for every file (but mnist_mae.json, which names the loss "ce"); the one disagreement of
     file and paper, webvision's ANL-CE delta, follows the paper, and the one preset without
     a file, webvision's ANL-FL, is the paper's Table 4."""
-    seen = set()
+    seen = {(d, n) for d, n in JAL_PRESETS}
     for file, cfg in CONFIGS.items():
         dataset, loss = cfg["dataset"]["name"], dict(cfg["loss"])
         name = loss.pop("name")
@@ -1002,3 +1002,21 @@ def test_presets_are_the_published_configs():
         seen.add((dataset, name))
     extra = {(d, n) for d, t in fused_anl.PRESETS.items() for n in t} - seen
     assert extra == {("webvision", "anl_fl")}, f"presets without a published file: {extra}"
+
+
+# JAL's config.py (cswjl/joint-asymmetric-loss): NCEandAMSE / NFLandAMSE(alpha, beta, a),
+# NFL's gamma its default 0.5
+JAL_PRESETS = {
+    ("cifar10", "nce_amse"): dict(alpha=1.0, beta=1.0, a=30.0),
+    ("cifar100", "nce_amse"): dict(alpha=5.0, beta=1.0, a=20.0),
+    ("webvision", "nce_amse"): dict(alpha=50.0, beta=1.0, a=30.0),
+    ("clothing1m", "nce_amse"): dict(alpha=5.0, beta=0.1, a=5.0),
+}
+JAL_PRESETS.update({(d, "nfl_amse"): dict(v, gamma=0.5) for (d, _), v in list(JAL_PRESETS.items())})
+
+
+def test_jal_presets_are_its_config():
+    for (dataset, name), hyper in JAL_PRESETS.items():
+        assert fused_anl.PRESETS[dataset][name] == hyper, (dataset, name)
+        crit = fused_anl.get_loss(name, **hyper)
+        assert crit.hyper == dict(fused_anl.LOSSES[name].hyper, **hyper)
