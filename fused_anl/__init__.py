@@ -37,7 +37,8 @@ def _ensure_kernels_package():
 _ensure_kernels_package()
 
 from . import reference  # noqa: E402,F401
-from ._registry import LOSSES  # noqa: E402,F401
+from ._registry import BATCH_LOSSES, LOSSES  # noqa: E402,F401
+from .batch_entropy import batch_entropy  # noqa: E402,F401
 from .functional import *  # noqa: E402,F401,F403
 from .functional import __all__ as _functional_all  # noqa: E402
 from .modules import *  # noqa: E402,F401,F403
@@ -52,5 +53,6 @@ from .recipe import Recipe, from_config  # noqa: E402,F401
 
 __version__ = "0.1.0"
 __all__ = (list(_functional_all) + list(_modules_all) + list(_linear_all)
-           + ["PRESETS", "get_loss", "reference", "LOSSES", "noise", "symmetric_noise",
+           + ["PRESETS", "get_loss", "reference", "LOSSES", "BATCH_LOSSES", "batch_entropy",
+              "noise", "symmetric_noise",
               "asymmetric_noise", "l1_penalty", "from_config", "Recipe"])

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 
 from .kernels._codes import (  # noqa: F401  (term codes and facts shared with the kernels)
     A_CE, A_FL, A_NCE, A_NFL, A_NONE, ACTIVE_TERMS, HYPERS, P_AEL, P_AGCE, P_AMSE, P_AUL, P_FLOOR,
-    P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS, terms_of,
+    P_GCE, P_MAE, P_NNCE, P_NNCE_ER, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS,
+    terms_of,
 )
 
 
@@ -87,6 +88,36 @@ LOSSES = {
               **_G, a=30.0),
     ]
 }
+
+
+# Losses with a batch term besides their rows: ``alpha * ACTIVE + beta * PASSIVE`` per row
+# (a row loss like those above, ``ROW_PARTS[name + ":rows"]``, through the same kernels)
+# plus ``lamb * E``, one number per batch (fused_anl/batch_entropy.py), added once.
+BATCH_LOSSES = {
+    "anl_ce_er": _spec("anl_ce_er", A_NCE, P_NNCE_ER, "ANLCEERLoss",
+                       "alpha NCE + beta NNCE' (p clamped to [p_min, 1 - p_min]) + lamb E, "
+                       "E = log K + sum_k q_k log q_k of the batch's class shares q",
+                       **_AB, **_PMIN, lamb=1.0),
+}
+ROW_PARTS = {
+    f"{name}:rows": LossSpec(f"{name}:rows", s.active, s.passive,
+                             {k: v for k, v in s.hyper.items() if k != "lamb"},
+                             f"the row part of {name}", "")
+    for name, s in BATCH_LOSSES.items()
+}
+
+
+def spec_of(name: str) -> LossSpec:
+    """The spec of a loss of LOSSES, BATCH_LOSSES or ROW_PARTS (KeyError otherwise)."""
+    for table in (LOSSES, BATCH_LOSSES, ROW_PARTS):
+        if name in table:
+            return table[name]
+    raise KeyError(name)
+
+
+def public_names() -> list:
+    """Every loss a user can call by name (LOSSES and BATCH_LOSSES), sorted."""
+    return sorted(list(LOSSES) + list(BATCH_LOSSES))
 
 
 def resolve_hyper(spec: LossSpec, given: dict) -> dict:

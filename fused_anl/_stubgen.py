@@ -20,8 +20,10 @@ from torch import Tensor
 
 from . import noise as noise
 from . import reference as reference
+from ._registry import BATCH_LOSSES as BATCH_LOSSES
 from ._registry import LOSSES as LOSSES
 from ._registry import LossSpec as LossSpec
+from .batch_entropy import batch_entropy as batch_entropy
 from .factory import PRESETS as PRESETS
 from .factory import get_loss as get_loss
 from .functional import loss_by_name as loss_by_name
@@ -86,13 +88,15 @@ def _module(spec) -> str:
 
 def render() -> str:
     """The stub's text."""
+    from ._registry import public_names, spec_of
     specs = [LOSSES[name] for name in sorted(LOSSES)]
+    every = [spec_of(name) for name in public_names()]  # with the batch losses (no linear form)
     parts = [_HEADER, "\n# fused losses: fused_anl.<name>(logits, target, ...)\n"]
-    parts += [_function(s) for s in specs]
+    parts += [_function(s) for s in every]
     parts += ["\n# fused linear + loss: fused_anl.linear_<name>(hidden, weight, target, bias, ...)\n"]
     parts += [_linear_function(s) for s in specs]
     parts += ["\n# nn.Module of every loss\n"]
-    parts += [_module(s) for s in specs]
+    parts += [_module(s) for s in every]
     return "".join(parts)
 
 

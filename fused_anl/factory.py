@@ -40,6 +40,7 @@ PRESETS = {
         "nce_ael": dict(alpha=1.0, beta=4.0, a=5.0),
         "nce_amse": dict(alpha=1.0, beta=1.0, a=30.0),
         "nfl_amse": dict(alpha=1.0, beta=1.0, gamma=0.5, a=30.0),
+        "anl_ce_er": dict(alpha=5.0, beta=5.0, delta=5e-5, lamb=2.0),
     },
     "cifar100": {
         "anl_ce": dict(alpha=10.0, beta=1.0, delta=5e-7),
@@ -55,6 +56,7 @@ PRESETS = {
         "nce_ael": dict(alpha=10.0, beta=0.1, a=1.5),
         "nce_amse": dict(alpha=5.0, beta=1.0, a=20.0),
         "nfl_amse": dict(alpha=5.0, beta=1.0, gamma=0.5, a=20.0),
+        "anl_ce_er": dict(alpha=10.0, beta=1.0, delta=5e-7, lamb=0.01),
     },
     "webvision": {
         "anl_ce": dict(alpha=20.0, beta=1.0, delta=6e-6),
@@ -85,8 +87,8 @@ PUBLISHED_FLAGS = {"is_anl": ("anl_ce", "anl_fl")}
 
 
 def _anl_names():
-    return sorted(n for n, s in R.LOSSES.items()
-                  if issubclass(getattr(modules, s.module), modules.ANLLoss))
+    return sorted(n for n in R.public_names()
+                  if issubclass(getattr(modules, R.spec_of(n).module), modules.ANLLoss))
 
 
 def get_loss(name: str, num_classes: int | None = None, **hyper):
@@ -128,9 +130,9 @@ def get_loss(name: str, num_classes: int | None = None, **hyper):
         ...                    min_prob=1e-7, is_anl=True, num_classes=10)
         ANLCELoss(alpha=5, beta=5, p_min=1e-07, delta=5e-05, num_classes=10)
     """
-    if name not in R.LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
-    spec = R.LOSSES[name]
+    if name not in R.public_names():
+        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(R.public_names())}")
+    spec = R.spec_of(name)
     flags = {k: hyper.pop(k) for k in list(hyper)
              if k in PUBLISHED_FLAGS and name in PUBLISHED_FLAGS[k]}
     if "is_anl" in flags and flags["is_anl"] is not True:

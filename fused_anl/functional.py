@@ -311,7 +311,12 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
                 weight=weight, backend=backend, detach_focal_weight=detach_focal_weight,
                 inplace_backward=inplace_backward, double_backward=double_backward,
                 process_group=group, class_start=start, **hyper))
-    spec = R.LOSSES[name]
+    if name in R.BATCH_LOSSES:
+        return _batch_loss(name, logits, target, reduction=reduction, ignore_index=ignore_index,
+                           weight=weight, backend=backend, inplace_backward=inplace_backward,
+                           double_backward=double_backward, process_group=process_group,
+                           class_start=class_start, **hyper)
+    spec = R.spec_of(name)
     h = R.resolve_hyper(spec, hyper)
     if process_group is not None:
         if double_backward:
@@ -339,6 +344,40 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
                              "grad; use it on logits produced by the model")
         return _FusedLossInplace.apply(logits, target, weight, call, dims, True)[0]
     return _FusedLoss.apply(logits, target, weight, call, dims, compute_grad)[0]
+
+
+def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backend,
+                inplace_backward, double_backward, process_group, class_start, **hyper):
+    """A loss of R.BATCH_LOSSES (ANL-CE-ER): its rows through the fused row loss, plus
+    ``lamb * E``, the batch entropy term (fused_anl/batch_entropy.py), added once.
+
+    ``reduction="none"`` spreads ``lamb * E`` evenly over the counted (non-ignored)
+    samples, so that the per-sample values sum to the ``"sum"`` result; class weights
+    weight the rows, not E. E reads the logits once more (one pass forward, one backward:
+    fused_anl/batch_entropy.py), and its gradient is added to the rows' by autograd.
+    """
+    from .batch_entropy import batch_entropy
+    spec = R.BATCH_LOSSES[name]
+    h = R.resolve_hyper(spec, hyper)
+    if inplace_backward:
+        raise ValueError(f"{name}: inplace_backward=True is not supported: the batch term "
+                         "reads the logits after the row loss would have overwritten them")
+    if double_backward:
+        if process_group is not None:
+            raise ValueError(f"{name}: double_backward=True is not supported with process_group")
+        from . import reference  # twice differentiable: autograd of the definition
+        return reference.loss_by_name(name, logits, target, reduction=reduction,
+                                      ignore_index=ignore_index, weight=weight, **hyper)
+    rows = loss_by_name(f"{name}:rows", logits, target, reduction=reduction,
+                        ignore_index=ignore_index, weight=weight, backend=backend,
+                        process_group=process_group, class_start=class_start,
+                        **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
+    E = batch_entropy(logits, target, p_min=h["p_min"], ignore_index=ignore_index,
+                      process_group=process_group, class_start=class_start)
+    if reduction == "none":
+        counted = (target != ignore_index).to(rows.dtype)
+        return rows + (h["lamb"] * E) * (counted / counted.sum().clamp_min(1.0))
+    return rows + h["lamb"] * E
 
 
 def _check_sharded(name, logits, target, weight, reduction, ignore_index, group, class_start):
@@ -416,18 +455,24 @@ _HYPER_DOCS = {k: hp.doc for k, hp in R.HYPERS.items()}
 
 def docstring(name: str) -> str:
     """The PyTorch-style docstring of the fused function ``name``."""
-    spec = R.LOSSES[name]
+    spec = R.spec_of(name)
     hyper = "".join(f"        {_HYPER_DOCS[k].format(v=v)}\n" for k, v in spec.hyper.items())
     focal = ("        detach_focal_weight (bool): treat the focal weight as a constant in the "
              "gradient,\n            as the published code does; False gives the true derivative. "
              "Default: True.\n") if spec.focal else ""
+    batch = ("\n    ``E`` is one number per batch (the non-ignored samples), added once to the "
+             "``\"mean\"``\n    or ``\"sum\"`` result; ``\"none\"`` spreads ``lamb * E`` evenly "
+             "over the counted\n    samples (their sum is the ``\"sum\"`` result). Class weights "
+             "weight the rows, not E.\n    Not available with ``inplace_backward`` nor in the "
+             "fused linear loss.\n") if name in R.BATCH_LOSSES else ""
     return (f"Fused {name}: per-sample loss ``{spec.doc}`` (the loss's definition: "
-            f"docs/semantics.md).\n" + _COMMON_ARGS.format(hyper=hyper, focal=focal, name=name))
+            f"docs/semantics.md).\n" + batch
+            + _COMMON_ARGS.format(hyper=hyper, focal=focal, name=name))
 
 
 def _make(name):
     import inspect
-    spec = R.LOSSES[name]
+    spec = R.spec_of(name)
 
     def fn(logits, target, **kwargs):
         return loss_by_name(name, logits, target, **kwargs)
@@ -446,7 +491,7 @@ def _make(name):
     return fn
 
 
-for _name in R.LOSSES:
+for _name in R.public_names():
     globals()[_name] = _make(_name)
 
-__all__ = list(R.LOSSES) + ["loss_by_name", "repeatable_backward"]
+__all__ = R.public_names() + ["loss_by_name", "repeatable_backward"]

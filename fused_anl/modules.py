@@ -30,11 +30,11 @@ class FusedLoss(torch.nn.Module):
                  detach_focal_weight=True, process_group=None, class_start=None, **hyper):
         super().__init__()
         self.process_group, self.class_start = process_group, class_start
-        spec = R.LOSSES[self.loss_name]
+        spec = R.spec_of(self.loss_name)
         if "delta" in hyper:
             raise TypeError(
                 f"{type(self).__name__}() got an unexpected keyword 'delta': delta is the L1 "
-                "weight of the ANL losses (ANLCELoss, ANLFLLoss); this loss has none")
+                "weight of the ANL losses (ANLCELoss, ANLFLLoss, ANLCEERLoss); this loss has none")
         R.resolve_hyper(spec, hyper)  # validate now, not at the first call
         self.hyper = {k: float(v) for k, v in dict(spec.hyper, **hyper).items()}
         self.reduction, self.ignore_index, self.backend = reduction, ignore_index, backend
@@ -43,7 +43,7 @@ class FusedLoss(torch.nn.Module):
 
     def forward(self, logits, target):
         kw = dict(self.hyper)
-        if R.LOSSES[self.loss_name].focal:
+        if R.spec_of(self.loss_name).focal:
             kw["detach_focal_weight"] = self.detach_focal_weight
         return loss_by_name(self.loss_name, logits, target, reduction=self.reduction,
                             ignore_index=self.ignore_index, weight=self.weight,
@@ -93,7 +93,7 @@ class FusedLoss(torch.nn.Module):
         """``name=value`` for every hyperparameter, then every non-default setting."""
         items = [f"{k}={v:g}" for k, v in self.hyper.items()]
         for key, default in _COMMON.items():
-            if key == "detach_focal_weight" and not R.LOSSES[self.loss_name].focal:
+            if key == "detach_focal_weight" and not R.spec_of(self.loss_name).focal:
                 continue
             value = getattr(self, key)
             if key == "weight":
@@ -163,7 +163,7 @@ class ANLLoss(FusedLoss):
         return ", ".join(items[:n_hyper] + [f"delta={self.delta:g}"] + items[n_hyper:])
 
 
-ANL_LOSSES = ("anl_ce", "anl_fl")
+ANL_LOSSES = ("anl_ce", "anl_fl", "anl_ce_er")
 
 
 def _make(spec):
@@ -196,6 +196,6 @@ def _make(spec):
 
 
 __all__ = ["FusedLoss", "ANLLoss"]
-for _spec in R.LOSSES.values():
+for _spec in [R.spec_of(n) for n in R.public_names()]:
     globals()[_spec.module] = _make(_spec)
     __all__.append(_spec.module)

@@ -100,9 +100,16 @@ def _amse(l, p, present, y_onehot, h, detach):
     return sq.where(present, 0).sum(1) / present.sum(1).to(p.dtype)
 
 
+def _nnce_er(l, p, present, y_onehot, h, detach):
+    # ANL-CE-ER's NNCE: the published ANL_CE_ER.nnce clamps to [p_min, 1 - p_min]
+    a = -math.log(h["p_min"])
+    v = a + torch.log(torch.clamp(p, h["p_min"], 1.0 - h["p_min"]))
+    return 1.0 - v.where(y_onehot, 0).sum(1) / v.sum(1)
+
+
 ACTIVE = {R.A_CE: _ce, R.A_FL: _fl, R.A_NCE: _nce, R.A_NFL: _nfl}
 PASSIVE = {R.P_NNCE: _nnce, R.P_NNFL: _nnfl, R.P_MAE: _mae, R.P_RCE: _rce, R.P_GCE: _gce,
-           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse}
+           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse, R.P_NNCE_ER: _nnce_er}
 
 
 def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
@@ -121,9 +128,34 @@ def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
     return loss.sum() / w.sum()
 
 
+def batch_entropy(logits, target, *, p_min=1e-7, ignore_index=-100):
+    """ANL-CE-ER's batch term, from its definition (the published ``entropy_reg``): with
+    ``P = clamp(softmax(z), p_min, 1 - p_min)`` over the non-ignored samples,
+    ``q = clamp(sum_n P_n / sum_nk P_nk, p_min, 1 - p_min)`` and ``E = log K + sum_k q_k
+    log q_k`` (0 when every sample is ignored)."""
+    k = logits.shape[1]
+    z = logits.movedim(1, -1).reshape(-1, k).to(compute_dtype(logits.dtype))
+    keep = target.reshape(-1) != ignore_index
+    if not bool(keep.any()):
+        return (z * 0).sum()
+    prob = torch.softmax(z[keep], dim=1).clamp(p_min, 1.0 - p_min)
+    q = (prob.sum(0) / prob.sum()).clamp(p_min, 1.0 - p_min)
+    return math.log(k) + (q * q.log()).sum()
+
+
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
                  backend="torch", detach_focal_weight=True, **hyper):
-    spec = R.LOSSES[name]
+    if name in R.BATCH_LOSSES:  # rows + lamb * E (fused_anl.functional._batch_loss)
+        h = R.resolve_hyper(R.BATCH_LOSSES[name], hyper)
+        rows = loss_by_name(f"{name}:rows", logits, target, reduction=reduction,
+                            ignore_index=ignore_index, weight=weight,
+                            **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
+        E = batch_entropy(logits, target, p_min=h["p_min"], ignore_index=ignore_index)
+        if reduction == "none":
+            counted = (target != ignore_index).to(rows.dtype)
+            return rows + (h["lamb"] * E) * (counted / counted.sum().clamp_min(1.0))
+        return rows + h["lamb"] * E
+    spec = R.spec_of(name)
     h = R.resolve_hyper(spec, hyper)
     check_inputs(name, logits, target, weight, reduction, ignore_index)
     k = logits.shape[1]
@@ -149,7 +181,7 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
 
 
 def _make(name):
-    spec = R.LOSSES[name]
+    spec = R.spec_of(name)
 
     def fn(logits, target, **kwargs):
         return loss_by_name(name, logits, target, **kwargs)
@@ -159,7 +191,7 @@ def _make(name):
     return fn
 
 
-for _name in R.LOSSES:
+for _name in R.public_names():
     globals()[_name] = _make(_name)
 
-__all__ = list(R.LOSSES) + ["loss_by_name", "reduce_rows"]
+__all__ = R.public_names() + ["loss_by_name", "reduce_rows", "batch_entropy"]

@@ -633,10 +633,29 @@ CONFIGS = {
             "step_size": 1, "gamma": 0.97,
         },
     },
-
+    "cifar10_anl_ce_er": {
+        "model": {"name": "toymodel8l"},
+        "loss": {"name": "anl_ce_er", "alpha": 5.0, "beta": 5.0, "delta": 5e-5, "lamb": 2,
+                 "min_prob": 1e-7},
+        "dataset": {"name": "cifar10", "num_classes": 10, "train_batchsize": 128,
+                    "test_batchsize": 256, "num_workers": 4},
+        "optim": {"total_epoch": 120, "optimizer": "sgd", "learning_rate": 0.01, "momentum": 0.9,
+                  "weight_decay": 0, "grad_bound": 5.0, "scheduler": "cosine", "T_max": 120,
+                  "eta_min": 0},
+    },
+    "cifar100_anl_ce_er": {
+        "model": {"name": "resnet34"},
+        "loss": {"name": "anl_ce_er", "alpha": 10.0, "beta": 1.0, "delta": 5e-7, "lamb": 0.01,
+                 "min_prob": 1e-7},
+        "dataset": {"name": "cifar100", "num_classes": 100, "train_batchsize": 128,
+                    "test_batchsize": 256, "num_workers": 4},
+        "optim": {"total_epoch": 200, "optimizer": "sgd", "learning_rate": 0.1, "momentum": 0.9,
+                  "weight_decay": 0, "grad_bound": 5.0, "scheduler": "cosine", "T_max": 200,
+                  "eta_min": 0},
+    },
 }
 
-ER_FILES = ("cifar10_anl_ce_er", "cifar100_anl_ce_er")  # added with the anl_ce_er loss
+ER_FILES = ("cifar10_anl_ce_er", "cifar100_anl_ce_er")
 
 
 def test_the_data_holds_every_published_file():
@@ -646,7 +665,8 @@ def test_the_data_holds_every_published_file():
     expected = {f"{ds}_{loss}" for ds in ("mnist", "cifar10", "cifar100") for loss in losses}
     expected |= {f"webvision_{loss}" for loss in ("ce", "gce", "sce", "nce_rce", "nce_agce",
                                                   "anl_ce")}
-    assert len(expected) + len(ER_FILES) == 47
+    expected |= set(ER_FILES)
+    assert len(expected) == 47
     assert set(CONFIGS) == expected
     for name, cfg in CONFIGS.items():
         assert cfg["dataset"]["name"] == name.split("_")[0]
@@ -733,12 +753,28 @@ def _ael(pred, labels, k, c):
     return torch.exp(-_p_y(pred, labels, k) / c["a"]).mean()
 
 
+def _nnce_er(pred, labels, k, c):
+    # ANL_CE_ER.nnce: the probabilities clamped to [min_prob, 1 - min_prob]
+    a = -math.log(c["min_prob"])
+    v = a + F.softmax(pred, dim=1).clamp(min=c["min_prob"], max=1 - c["min_prob"]).log()
+    return (1 - (_onehot(labels, k) * v).sum(dim=1) / v.sum(dim=1)).mean()
+
+
+def _entropy_reg(pred, k, c):
+    # ANL_CE_ER.entropy_reg
+    mp = c["min_prob"]
+    prob = F.softmax(pred, dim=1).clamp(min=mp, max=1 - mp)
+    prob_class = (prob.sum(dim=0).view(-1) / prob.sum()).clamp(min=mp, max=1 - mp)
+    return math.log(k) + (prob_class * prob_class.log()).sum()
+
+
 # name -> (active, passive); a single loss has no passive term and no alpha
 PUBLISHED = {
     "ce": (_ce, None), "fl": (_fl, None), "mae": (_mae, None), "gce": (_gce, None),
     "sce": (_ce, _rce), "nce_mae": (_nce, _mae), "nce_rce": (_nce, _rce),
     "nfl_rce": (_nfl, _rce), "nce_agce": (_nce, _agce), "nce_aul": (_nce, _aul),
     "nce_ael": (_nce, _ael), "anl_ce": (_nce, _nnce), "anl_fl": (_nfl, _nnfl),
+    "anl_ce_er": (_nce, _nnce_er),
 }
 
 
@@ -750,6 +786,9 @@ def published_forward(c, k, pred, labels, model):
     if passive is None:
         return active(pred, labels, k, c)
     loss = c["alpha"] * active(pred, labels, k, c) + c["beta"] * passive(pred, labels, k, c)
+    if c["name"] == "anl_ce_er":  # ANL_CE_ER.forward: always the L1 and entropy terms
+        l1_norm = sum(p.abs().sum() for p in model.parameters())
+        return loss + c["delta"] * l1_norm + c["lamb"] * _entropy_reg(pred, k, c)
     if c.get("is_anl", False):
         l1_norm = sum(p.abs().sum() for p in model.parameters())
         loss = loss + c["delta"] * l1_norm
@@ -791,7 +830,8 @@ def test_published_config_loads_and_its_loss_is_the_published_forward(name):
     if "min_prob" in cfg["loss"]:
         assert crit.hyper["p_min"] == cfg["loss"]["min_prob"]
     assert recipe.delta == crit.delta == cfg["loss"].get("delta", 0.0)
-    assert isinstance(crit, fused_anl.ANLLoss) == cfg["loss"].get("is_anl", False)
+    anl = cfg["loss"].get("is_anl", False) or cfg["loss"]["name"] == "anl_ce_er"  # no flag there
+    assert isinstance(crit, fused_anl.ANLLoss) == anl
 
     model, x, labels = _model_and_batch(k, seed=sorted(CONFIGS).index(name))
     ours, our_grads = _value_and_grads(recipe.loss, model, x, labels)
@@ -989,7 +1029,7 @@ def test_presets_are_the_published_configs():
             assert loss["delta"] == 5e-6
             loss["delta"] = 6e-6  # the paper's Table 4
         preset = dict(fused_anl.PRESETS[dataset].get(name, {"missing": True}))
-        spec = fused_anl.LOSSES[name]
+        spec = fused_anl.LOSSES.get(name) or fused_anl.BATCH_LOSSES[name]
         if "p_min" in spec.hyper:
             preset.setdefault("p_min", spec.hyper["p_min"])
         else:

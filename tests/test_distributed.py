@@ -76,3 +76,8 @@ def test_class_parallel_example_reproduces_single_process_curve():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_dtensor_logits_sharded_on_classes(backend):
     _spawn_workers(dist_worker.run_dtensor, 2, backend)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_anl_ce_er_on_class_shards(backend):
+    _spawn_workers(dist_worker.run_anl_ce_er, 2, backend)

@@ -49,7 +49,7 @@ def test_get_loss_passes_the_published_delta():
 def test_delta_is_refused_where_it_means_nothing():
     with pytest.raises(TypeError, match="L1 weight of the ANL losses"):
         fused_anl.CELoss(delta=1e-5)
-    with pytest.raises(ValueError, match="anl_ce and anl_fl only"):
+    with pytest.raises(ValueError, match="anl_ce, anl_ce_er and anl_fl only"):
         fused_anl.get_loss("nce_rce", delta=1e-5)
     assert fused_anl.get_loss("gce", delta=0).delta == 0.0  # "no L1 term" is fine anywhere
     with pytest.raises(ValueError, match=">= 0"):
