@@ -39,11 +39,12 @@ gradient-norm clip 5, weight decay 5e-4, or 0 plus the L1 term for ANL).
 
 Writes OUT/results.{md,csv,json,png} and prints the accuracy table."""
 
-LOSSES = ["ce", "gce", "sce", "nce_rce", "anl_ce", "anl_fl"]
+LOSSES = ["ce", "gce", "sce", "nce_rce", "anl_ce", "anl_fl", "nce_amse"]
 SYMMETRIC = [0.2, 0.4, 0.6, 0.8]
 ASYMMETRIC = [0.1, 0.2, 0.3, 0.4]
 LABELS = {"ce": "CE", "gce": "GCE", "sce": "SCE", "nce_rce": "NCE+RCE", "anl_ce": "ANL-CE",
-          "anl_fl": "ANL-FL", "fl": "FL", "mae": "MAE", "nce_agce": "NCE+AGCE"}
+          "anl_fl": "ANL-FL", "fl": "FL", "mae": "MAE", "nce_agce": "NCE+AGCE",
+          "nce_amse": "JAL-CE", "nfl_amse": "JAL-FL"}
 
 # The recipe is common to every loss (SGD lr 0.1, momentum 0.9, cosine schedule over
 # 150 epochs, batch 128, weight decay 5e-4, or 0 plus the L1 term for ANL); only the
@@ -57,6 +58,8 @@ PRESET = {
     "nce_rce": dict(hyper=dict(alpha=5.0, beta=1.0)),
     "anl_ce": dict(hyper=dict(alpha=5.0, beta=5.0), delta=1e-5),
     "anl_fl": dict(hyper=dict(alpha=5.0, beta=5.0, gamma=0.5), delta=1e-6),
+    # JAL-CE: JAL's own CIFAR-10 setting (its config.py), not tuned here
+    "nce_amse": dict(hyper=dict(alpha=1.0, beta=1.0, a=30.0)),
 }
 TUNE_GRID = {
     "ce": dict(),
@@ -65,6 +68,7 @@ TUNE_GRID = {
     "nce_rce": dict(alpha=[1.0, 5.0, 10.0], beta=[0.1, 1.0]),
     "anl_ce": dict(alpha=[1.0, 5.0, 10.0], beta=[1.0, 5.0], delta=[1e-5, 1e-6]),
     "anl_fl": dict(alpha=[1.0, 5.0, 10.0], beta=[1.0, 5.0], delta=[1e-5, 1e-6]),
+    "nce_amse": dict(alpha=[1.0, 5.0], beta=[0.1, 1.0], a=[5.0, 30.0]),
 }
 
 
