@@ -38,7 +38,7 @@ _ensure_kernels_package()
 
 from . import reference  # noqa: E402,F401
 from ._registry import BATCH_LOSSES, LOSSES  # noqa: E402,F401
-from .batch_entropy import batch_entropy  # noqa: E402,F401
+from . import batch_entropy  # noqa: E402,F401  (the module: fused_anl.batch_entropy.batch_entropy)
 from .functional import *  # noqa: E402,F401,F403
 from .functional import __all__ as _functional_all  # noqa: E402
 from .modules import *  # noqa: E402,F401,F403

@@ -23,7 +23,7 @@ from . import reference as reference
 from ._registry import BATCH_LOSSES as BATCH_LOSSES
 from ._registry import LOSSES as LOSSES
 from ._registry import LossSpec as LossSpec
-from .batch_entropy import batch_entropy as batch_entropy
+from . import batch_entropy as batch_entropy
 from .factory import PRESETS as PRESETS
 from .factory import get_loss as get_loss
 from .functional import loss_by_name as loss_by_name
