@@ -41,5 +41,4 @@ def by_name(values) -> dict:
     return dict(alpha=values[C.H_ALPHA], beta=values[C.H_BETA], gamma=values[C.H_GAMMA],
                 q=values[C.H_Q], a=values[C.H_A], log_pmin=values[C.H_LOG_PMIN],
                 A_nnce=values[C.H_A_NNCE], A_nnfl=values[C.H_A_NNFL], C_pass=values[C.H_C_PASS],
-                rce_a=values[C.H_RCE_A], p_floor=values[C.H_P_FLOOR],
-                log_pmax=values[C.H_LOG_PMAX])
+                rce_a=values[C.H_RCE_A], p_floor=values[C.H_P_FLOOR])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .kernels._codes import (  # noqa: F401  (term codes and facts shared with the kernels)
     A_CE, A_FL, A_NCE, A_NFL, A_NONE, ACTIVE_TERMS, HYPERS, P_AEL, P_AGCE, P_AMSE, P_AUL, P_FLOOR,
-    P_GCE, P_MAE, P_NNCE, P_NNCE_ER, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS,
+    P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS,
     terms_of,
 )
 
@@ -94,7 +94,11 @@ LOSSES = {
 # (a row loss like those above, ``ROW_PARTS[name + ":rows"]``, through the same kernels)
 # plus ``lamb * E``, one number per batch (fused_anl/batch_entropy.py), added once.
 BATCH_LOSSES = {
-    "anl_ce_er": _spec("anl_ce_er", A_NCE, P_NNCE_ER, "ANLCEERLoss",
+    # NNCE' (p clamped to [p_min, 1 - p_min]) is computed as NNCE: the upper clamp binds
+    # only where p_k > 1 - p_min, which leaves every other class below p_min (v = 0), so
+    # V = v_k and NNCE' = NNCE = 0 (k = y) or 1, with a zero gradient either way
+    # (docs/semantics.md; tests/test_anl_ce_er.py checks it against the two-sided reference)
+    "anl_ce_er": _spec("anl_ce_er", A_NCE, P_NNCE, "ANLCEERLoss",
                        "alpha NCE + beta NNCE' (p clamped to [p_min, 1 - p_min]) + lamb E, "
                        "E = log K + sum_k q_k log q_k of the batch's class shares q",
                        **_AB, **_PMIN, lamb=1.0),

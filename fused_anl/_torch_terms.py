@@ -125,22 +125,6 @@ def nnce_epilogue(ly, py, c, B1, EB, BC, h, exact):
     return 1.0 - vy / B1, -my / B1, my / B1 - vy * EB / B1**2, vy / B1**2
 
 
-def nnce_er_elementwise(L, P, present, ys, in_range, h, exact, need_sums):
-    # v_k = A + clamp(l_k, log p_min, log(1 - p_min)) = clamp(l_k, ...) - log p_min >= 0
-    lpm, lpx = h["log_pmin"], h["log_pmax"]
-    m = ((L >= lpm) & (L <= lpx)).to(L.dtype)
-    if not need_sums:
-        return m, None, None, None
-    return m, L.clamp(lpm, lpx).sub_(lpm).sum(1), m.sum(1), None
-
-
-def nnce_er_epilogue(ly, py, c, B1, EB, BC, h, exact):
-    lpm, lpx = h["log_pmin"], h["log_pmax"]
-    vy = h["A_nnce"] + ly.clamp(lpm, lpx)
-    my = ((ly >= lpm) & (ly <= lpx)).to(ly.dtype)
-    return 1.0 - vy / B1, -my / B1, my / B1 - vy * EB / B1**2, vy / B1**2
-
-
 @_needs("p")
 def nnfl_elementwise(L, P, present, ys, in_range, h, exact, need_sums):
     g, lpm = h["gamma"], h["log_pmin"]
@@ -252,7 +236,6 @@ PASSIVE = {
     C.P_AUL: (None, aul_epilogue),
     C.P_AEL: (None, ael_epilogue),
     C.P_AMSE: (amse_elementwise, amse_epilogue),
-    C.P_NNCE_ER: (nnce_er_elementwise, nnce_er_epilogue),
 }
 
 

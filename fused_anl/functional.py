@@ -359,6 +359,9 @@ def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backen
     from .batch_entropy import batch_entropy
     spec = R.BATCH_LOSSES[name]
     h = R.resolve_hyper(spec, hyper)
+    if not 0.0 < h["p_min"] < 0.5:
+        raise ValueError(f"{name}: p_min must lie in (0, 0.5) (probabilities are clamped to "
+                         f"[p_min, 1 - p_min]), got {h['p_min']}")
     if inplace_backward:
         raise ValueError(f"{name}: inplace_backward=True is not supported: the batch term "
                          "reads the logits after the row loss would have overwritten them")

@@ -101,7 +101,8 @@ def _amse(l, p, present, y_onehot, h, detach):
 
 
 def _nnce_er(l, p, present, y_onehot, h, detach):
-    # ANL-CE-ER's NNCE: the published ANL_CE_ER.nnce clamps to [p_min, 1 - p_min]
+    # ANL-CE-ER's NNCE as published (ANL_CE_ER.nnce clamps to [p_min, 1 - p_min]); the
+    # fused path computes it as NNCE (fused_anl/_registry.py BATCH_LOSSES says why)
     a = -math.log(h["p_min"])
     v = a + torch.log(torch.clamp(p, h["p_min"], 1.0 - h["p_min"]))
     return 1.0 - v.where(y_onehot, 0).sum(1) / v.sum(1)
@@ -109,7 +110,7 @@ def _nnce_er(l, p, present, y_onehot, h, detach):
 
 ACTIVE = {R.A_CE: _ce, R.A_FL: _fl, R.A_NCE: _nce, R.A_NFL: _nfl}
 PASSIVE = {R.P_NNCE: _nnce, R.P_NNFL: _nnfl, R.P_MAE: _mae, R.P_RCE: _rce, R.P_GCE: _gce,
-           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse, R.P_NNCE_ER: _nnce_er}
+           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse}
 
 
 def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
@@ -144,11 +145,12 @@ def batch_entropy(logits, target, *, p_min=1e-7, ignore_index=-100):
 
 
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
-                 backend="torch", detach_focal_weight=True, **hyper):
+                 backend="torch", detach_focal_weight=True, _passive=None, **hyper):
     if name in R.BATCH_LOSSES:  # rows + lamb * E (fused_anl.functional._batch_loss)
         h = R.resolve_hyper(R.BATCH_LOSSES[name], hyper)
         rows = loss_by_name(f"{name}:rows", logits, target, reduction=reduction,
                             ignore_index=ignore_index, weight=weight,
+                            _passive=_nnce_er,  # the published two-sided clamp
                             **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
         E = batch_entropy(logits, target, p_min=h["p_min"], ignore_index=ignore_index)
         if reduction == "none":
@@ -175,8 +177,8 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
         loss = loss + h["alpha"] * ACTIVE[spec.active](l, p, present, y_onehot, h,
                                                        detach_focal_weight)
     if spec.passive != R.P_NONE:
-        loss = loss + h["beta"] * PASSIVE[spec.passive](l, p, present, y_onehot, h,
-                                                        detach_focal_weight)
+        loss = loss + h["beta"] * (_passive or PASSIVE[spec.passive])(
+            l, p, present, y_onehot, h, detach_focal_weight)
     return reduce_rows(loss, t, weight, reduction, ignore_index, target.shape)
 
 

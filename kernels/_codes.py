@@ -16,12 +16,12 @@ from typing import Callable, Dict, Optional, Tuple
 
 A_NONE, A_CE, A_FL, A_NCE, A_NFL = 0, 1, 2, 3, 4
 (P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL,
- P_AMSE, P_NNCE_ER) = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
+ P_AMSE) = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
 
 # Hyperparameter vector, in the compute dtype, read by the kernels.
 (H_ALPHA, H_BETA, H_GAMMA, H_Q, H_A, H_LOG_PMIN, H_A_NNCE, H_A_NNFL, H_C_PASS, H_RCE_A,
- H_P_FLOOR, H_LOG_PMAX) = range(12)
-H_SIZE = 12
+ H_P_FLOOR) = range(11)
+H_SIZE = 11
 
 # Per-row statistics as they travel between launches (split rows, class-parallel shards):
 # stats1 = (max, sum exp(z - max), sum (z - max), #present); stats2 = the lse-dependent
@@ -121,16 +121,6 @@ def _nnce_constants(h):
     return {H_LOG_PMIN: math.log(h["p_min"]), H_A_NNCE: -math.log(h["p_min"])}
 
 
-def _pmin_half(h):
-    return (None if 0.0 < h["p_min"] < 0.5 else
-            f"p_min must lie in (0, 0.5) (probabilities are clamped to [p_min, 1 - p_min]), "
-            f"got {h['p_min']}")
-
-
-def _nnce_er_constants(h):
-    return {**_nnce_constants(h), H_LOG_PMAX: math.log1p(-h["p_min"])}
-
-
 def _nnfl_constants(h):
     pm, g = h["p_min"], h["gamma"]
     return {H_LOG_PMIN: math.log(pm), H_A_NNFL: -((1.0 - pm) ** g) * math.log(pm)}
@@ -162,9 +152,6 @@ TERMS: Tuple[Term, ...] = tuple([
     _T(P_AEL, "ael", "passive", "exp(-p_y / a)", ("a",), check=_a_pos),
     _T(P_AMSE, "amse", "passive", "mean_k (p_k - a [k == y])^2 over the K present classes",
        ("a",), stats2=True, per_element=True),
-    _T(P_NNCE_ER, "nnce_er", "passive", "1 - v_y / sum_k v_k, v_k = A + log clamp(p_k, p_min, "
-       "1 - p_min) (ANL-CE-ER's NNCE: clamped at both ends)", ("p_min",), stats2=True,
-       per_element=True, check=_pmin_half, constants=_nnce_er_constants),
 ])
 # by code (active and passive codes overlap: two tables)
 ACTIVE_TERMS: Dict[int, Term] = {t.code: t for t in TERMS if t.kind == "active"}

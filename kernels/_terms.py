@@ -42,7 +42,6 @@ P_AGCE = tl.constexpr(C.P_AGCE)
 P_AUL = tl.constexpr(C.P_AUL)
 P_AEL = tl.constexpr(C.P_AEL)
 P_AMSE = tl.constexpr(C.P_AMSE)
-P_NNCE_ER = tl.constexpr(C.P_NNCE_ER)
 H_ALPHA = tl.constexpr(C.H_ALPHA)
 H_BETA = tl.constexpr(C.H_BETA)
 H_GAMMA = tl.constexpr(C.H_GAMMA)
@@ -50,7 +49,6 @@ H_Q = tl.constexpr(C.H_Q)
 H_A = tl.constexpr(C.H_A)
 H_LOG_PMIN = tl.constexpr(C.H_LOG_PMIN)
 H_A_NNCE = tl.constexpr(C.H_A_NNCE)
-H_LOG_PMAX = tl.constexpr(C.H_LOG_PMAX)
 H_A_NNFL = tl.constexpr(C.H_A_NNFL)
 H_C_PASS = tl.constexpr(C.H_C_PASS)
 H_RCE_A = tl.constexpr(C.H_RCE_A)
@@ -192,29 +190,6 @@ def nnce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
     log_pmin = tl.load(h_ptr + H_LOG_PMIN)
     vy = tl.load(h_ptr + H_A_NNCE) + tl.maximum(ly, log_pmin)
     my = tl.where(ly >= log_pmin, 1.0, 0.0)
-    r = vy / B1
-    return 1.0 - r, -my / B1, my / B1 - r * (EB / B1), r / B1
-
-
-@triton.jit
-def nnce_er_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
-    """ANL-CE-ER's NNCE, clamped at both ends: b1 = v = A + clamp(l, log p_min,
-    log(1 - p_min)) (0 where absent) and e = m = [log p_min <= l <= log(1 - p_min)]."""
-    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-    log_pmax = tl.load(h_ptr + H_LOG_PMAX)
-    b1 = tl.load(h_ptr + H_A_NNCE) + tl.minimum(tl.maximum(l, log_pmin), log_pmax)
-    e = tl.where((l >= log_pmin) & (l <= log_pmax), 1.0, 0.0).to(z.dtype)
-    return b1, e, tl.zeros_like(z)
-
-
-@triton.jit
-def nnce_er_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
-    """NNCE's coefficients (nnce_epilogue) with the two-sided clamp and mask: the
-    derivation there holds for any mask m with v_k = A + clamp(l_k)."""
-    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-    log_pmax = tl.load(h_ptr + H_LOG_PMAX)
-    vy = tl.load(h_ptr + H_A_NNCE) + tl.minimum(tl.maximum(ly, log_pmin), log_pmax)
-    my = tl.where((ly >= log_pmin) & (ly <= log_pmax), 1.0, 0.0)
     r = vy / B1
     return 1.0 - r, -my / B1, my / B1 - r * (EB / B1), r / B1
 
@@ -378,8 +353,6 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
         b1, eb, bc = rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     if PASSIVE == P_AMSE:
         b1, eb, bc = amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
-    if PASSIVE == P_NNCE_ER:
-        b1, eb, bc = nnce_er_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     return a1, ea, b1, eb, bc, p
 
 
@@ -428,8 +401,6 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         Lb, k1b, k2b, k3b = ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_AMSE:
         Lb, k1b, k2b, k3b = amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
-    if PASSIVE == P_NNCE_ER:
-        Lb, k1b, k2b, k3b = nnce_er_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     # 0, or NaN in a NaN row (s is NaN there, see stats1_block): added to every output,
     # since clamps (tl.maximum drops a NaN) and constant coefficients would not carry it.
     nan_row = log_s * 0.0

@@ -116,3 +116,31 @@ def test_double_backward_through_the_reference():
     (g2,) = torch.autograd.grad(reference.anl_ce_er(y, t, **H), y, create_graph=True)
     (gg2,) = torch.autograd.grad(g2.square().sum(), y)
     torch.testing.assert_close(gg, gg2, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_nonfinite_row_makes_every_sample_nan(bad):
+    """A NaN or +inf in a counted row makes E NaN, hence the loss of every sample (E is
+    shared); in an ignored row it changes nothing."""
+    z, t = _batch()
+    z[5, 3] = bad
+    x = z.clone().requires_grad_(True)
+    out = fused_anl.anl_ce_er(x, t, reduction="none", backend="triton", **H)
+    out.sum().backward()
+    assert torch.isnan(out[t != -100]).all()
+    assert torch.isnan(x.grad[5]).all()
+    z, t = _batch()
+    z[2, 3] = bad  # row 2 is ignored
+    x = z.clone().requires_grad_(True)
+    out = fused_anl.anl_ce_er(x, t, backend="triton", **H)
+    out.backward()
+    torch.testing.assert_close(out, reference.anl_ce_er(_batch()[0], t, **H))
+    assert torch.isfinite(x.grad).all() and (x.grad[2] == 0).all()
+
+
+def test_second_derivative_raises_without_double_backward():
+    z, t = _batch(k=7, n=5)
+    x = z.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(fused_anl.anl_ce_er(x, t, **H), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        torch.autograd.grad(g.square().sum(), x)

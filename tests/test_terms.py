@@ -93,7 +93,7 @@ def test_codes_are_the_tables():
 
 def test_every_loss_uses_declared_terms_and_every_term_is_used():
     used = set()
-    # the row losses and the row parts of the batch losses (ANL-CE-ER: NCE + NNCE_ER)
+    # the row losses and the row parts of the batch losses (ANL-CE-ER: NCE + NNCE)
     for spec in list(fused_anl.LOSSES.values()) + list(R.ROW_PARTS.values()):
         a, p = spec.terms
         assert a.kind == "active" and p.kind == "passive"
