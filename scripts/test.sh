@@ -10,5 +10,5 @@ bash scripts/setup_env.sh test
 (cd / && TRITON_INTERPRET=1 python -c "import fused_anl.kernels.launch, fused_anl; print('installed package imports:', fused_anl.__file__)")
 # pytest-xdist workers: one per core, at most 4 (tests/conftest.py gives each worker its
 # share of the cores' threads; the GPU-compile and GPU-check modules stay on one worker)
-WORKERS=${TEST_WORKERS:-$(python -c "import os; print(max(1, min(4, len(os.sched_getaffinity(0)))))")}
+WORKERS=${TEST_WORKERS:-$(python -c "import os; n = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count(); print(max(1, min(4, n or 1)))")}
 python -m pytest tests -q -p no:cacheprovider -n "$WORKERS" --dist loadgroup "$@"

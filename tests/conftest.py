@@ -49,7 +49,8 @@ def device():
 # of the cores, so that the workers' intra-op threads do not oversubscribe the machine.
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
-    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // _WORKERS))
+    _cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    torch.set_num_threads(max(1, (_cores or 1) // _WORKERS))
 
 # Modules whose expensive module-scoped fixture (a compile for sm_90, the GPU check's
 # rehearsal) must run once: all their tests go to one worker (--dist loadgroup).
