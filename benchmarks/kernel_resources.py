@@ -128,7 +128,9 @@ def sass_profile(sass: str) -> dict:
     to it), in code order, each with ``instr``, ``mufu``, ``bar`` (barriers), ``ldg`` and
     ``stg`` (global loads/stores). Static counts: every instruction of a loop body is
     taken to issue once per iteration (Triton predicates masks, so bodies are straight
-    lines apart from the loop branch).
+    lines apart from the loop branch). A loop that only stores (the zero gradient of
+    an ignored row, run instead of the gradient loop) is listed in ``zero_store_loops``
+    and counted nowhere else (``instr`` excludes it).
     """
     ops, labels = [], {}
     for line in sass.splitlines():
@@ -162,8 +164,15 @@ def sass_profile(sass: str) -> dict:
 
     first_exit = next((i for i, (op, _) in enumerate(ops) if op == "EXIT"), len(ops))
     whole = count(0, len(ops) - 1)
-    return dict(instr=whole["instr"], mufu=whole["mufu"], exit_instr=count(0, first_exit)["instr"],
-                loops=[count(lo, hi) for lo, hi in sorted(inner)])
+    loops = [count(lo, hi) for lo, hi in sorted(inner)]
+    # A loop that stores without loading or computing anything (no MUFU) is the zero
+    # gradient of an ignored row (kernels/row_loss.py _chunk_grad), run instead of the
+    # gradient loop: left out of the passes and of the instructions a valid row issues.
+    zero = [lp for lp in loops if lp["stg"] and not lp["ldg"] and not lp["mufu"]]
+    return dict(instr=whole["instr"] - sum(lp["instr"] for lp in zero), mufu=whole["mufu"],
+                exit_instr=count(0, first_exit)["instr"],
+                loops=[lp for lp in loops if lp not in zero],
+                zero_store_loops=[lp["instr"] for lp in zero])
 
 
 _PTXAS_CACHE = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")),
@@ -427,7 +436,7 @@ def model(fwd: list[dict], bwd: dict, n: int, k: int, *, elem_bytes=2, grad_byte
     issues the straight-line code to its EXIT; another scalar: one read and one write.
     """
     split = any(r["path"] in ("split", "shard") for r in fwd)
-    pl = launch.plan(n, k, sms=dev["sms"])
+    pl = launch.plan(n, k, sms=dev["sms"], l2=dev["l2_bytes"], elem_bytes=elem_bytes)
     cols = pl.chunk if split else k
     instr = sum(_per_elem(r, cols) for r in fwd)
     mufu = collections.Counter()
@@ -442,16 +451,22 @@ def model(fwd: list[dict], bwd: dict, n: int, k: int, *, elem_bytes=2, grad_byte
         else:
             reads += 1
             writes += 1 if r["grad"] else 0
-    resident = min(n * (pl.chunks if split else 1), dev["sms"] * min(r["blocks_per_sm"] for r in fwd))
+    # a persistent grid (launch.stream_grid) streams at most its programs' rows at once
+    resident = min(n * (pl.chunks if split else 1), pl.grid or n,
+                   dev["sms"] * min(r["blocks_per_sm"] for r in fwd))
     in_flight = (n * k if split else resident * k) * elem_bytes
     dram_frac = max(0.0, 1.0 - dev["l2_bytes"] / in_flight)
     rereads = max(reads - 1, 0)
     fwd_bytes = elem_bytes * (1 + rereads * dram_frac) + grad_bytes * writes
     s = bwd["scalar"]
     threads = 32 * s["num_warps"]
-    bwd1_instr = threads * s["sass"]["exit_instr"] / s["block"]
-    bwdx_instr = threads * s["sass"]["instr"] / s["block"]
     numel = n * k
+    # the backward kernel's grid (kernels/launch.py scale_grid): programs that each exit
+    # (grad_output == 1) or walk their blocks grid-stride (one loop iteration per block)
+    programs = launch.scale_grid(numel, dev["sms"])
+    bwd1_instr = threads * s["sass"]["exit_instr"] * programs / numel
+    loop = sum(lp["instr"] for lp in s["sass"]["loops"])
+    bwdx_instr = threads * (loop / s["block"] + (s["sass"]["instr"] - loop) * programs / numel)
     floor_s = 4 * numel / dev["dram_bytes_per_s"]  # bf16: one read and one write
 
     def est(bytes_, instr_):
@@ -500,7 +515,9 @@ def roofline(arch=90, losses=ROOFLINE_LOSSES, shapes=ROOFLINE_SHAPES, progress=T
         if progress:
             print(f"\r[{i + 1}/{len(losses) * len(shapes)}] {loss} N={n} K={k}   ", end="",
                   file=sys.stderr, flush=True)
-        rows = compile_case(loss, torch.bfloat16, n, k, arch=arch, profile=True)
+        # planned for the modeled device (its SMs and L2: the persistent streaming grid)
+        rows = compile_case(loss, torch.bfloat16, n, k, arch=arch, profile=True,
+                            config=dict(sms=H100["sms"], l2_bytes=H100["l2_bytes"]))
         kernels += [dict(r, N=n) for r in rows]
         cases_.append(dict(model(rows, bwd, n, k), loss=loss))
     if progress:
@@ -602,18 +619,22 @@ def roofline_md(res: dict) -> str:
   (a backward branch) is a pass; its body issues once per iteration, ceil(columns /
   block) iterations; the rest of the kernel once per program; all times 32 x warps,
   divided by the columns a program covers (K, or the chunk for split rows). Predicated
-  code counts as issued. The single-block path: the whole kernel / K.
+  code counts as issued. The single-block path: the whole kernel / K. A loop that only
+  stores (the zero gradient of an ignored row, run instead of the gradient loop) is not
+  counted.
 - MUFU per element: the same count restricted to MUFU.* (EX2, LG2, RCP, ...).
 - Bytes per element: logits 2 bytes (bf16) per read pass, gradient 2 bytes per write
   pass; the first read from DRAM; re-reads from DRAM in the fraction max(0, 1 - L2 /
   bytes in flight), bytes in flight = programs resident (SMs x blocks per SM from the
-  occupancy, at most N) x row bytes, or for split rows (separate launches) the whole
+  occupancy, at most N, at most the persistent grid of kernels/launch.py stream_grid)
+  x row bytes, or for split rows (separate launches) the whole
   tensor. Not counted: the gradient writes' own L2 footprint, the stats partials of
   split rows, label + loss (12 bytes per row: under 0.002 bytes per logit here).
 - Backward: `fused_anl/_ops.py` scale_grad and kernels/scale.py. grad_output == 1 (the
   summary): no N x K traffic; every program still issues the code before its EXIT
-  (counted). Its grid is numel / BLOCK programs: their launch cost is not modeled.
-  Another scalar: one read and one write of the gradient (the columns "!= 1").
+  (counted). Its grid is kernels/launch.py scale_grid (8 programs per SM, grid-stride
+  over blocks): the launch itself is not modeled. Another scalar: one read and one
+  write of the gradient (the columns "!= 1").
 - The 4-byte floor: one bf16 read and one bf16 write per logit at DRAM bandwidth.
 """
     return head + t + chk + passes + kt + assume

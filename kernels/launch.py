@@ -33,11 +33,15 @@ class LaunchConfig:
     # spills (benchmarks/kernel_resources.py, results/static-sm90-*). Time: tune.py.
     elems_per_thread: int = 16
     max_warps: int = 32  # num_warps is clamped to [4, max_warps] (32: 1024 threads)
-    # Streaming rows: 0 = one program per row; n > 0 = at most n programs per SM (a
-    # persistent grid), so that fewer rows are streamed at once and their re-reads are
-    # more likely to hit L2. Off until a GPU sweep (benchmarks/tune.py) says otherwise.
+    # Streaming rows on a persistent grid sized from the L2 (stream_grid): the rows in
+    # flight take at most l2_fraction of the L2, with 1 to max_programs_per_sm programs
+    # per SM. programs_per_sm > 0 fixes the programs per SM instead (benchmarks/tune.py).
     programs_per_sm: int = 0
+    l2_fraction: float = 0.5
+    max_programs_per_sm: int = 8
     sms: int = 0  # SMs to plan the persistent grid for (0: the device's; tests set 1)
+    l2_bytes: int = 0  # L2 bytes to plan for (0: the device's; none off CUDA)
+    scale_programs_per_sm: int = 8  # backward kernel's grid (scale_grid)
 
 
 _config = LaunchConfig()
@@ -128,12 +132,57 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
+def l2_bytes(device) -> int:
+    """L2 cache bytes of a CUDA device (0 elsewhere: the interpreter has none)."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return 0
+    return _l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
+
+
+@functools.lru_cache(maxsize=None)
+def _l2_bytes(index: int) -> int:
+    return torch.cuda.get_device_properties(index).L2_cache_size
+
+
+def stream_grid(rows: int, k: int, elem_bytes: int, sms: int, l2: int,
+                cfg: LaunchConfig | None = None) -> int:
+    """Programs of the persistent grid for streaming ``rows`` rows of ``k`` logits of
+    ``elem_bytes`` bytes on a device with ``sms`` SMs and ``l2`` bytes of L2; 0 for one
+    program per row (the grid would not be smaller than ``rows``, or no L2 is known).
+
+    The model: a streaming program reads its row up to three times (stats1, stats2,
+    gradient, kernels/row_loss.py), one row at a time, so the rows in flight are the
+    programs, and the re-reads hit L2 while their bytes (programs x k x elem_bytes) fit
+    in it. It takes the largest grid whose rows fill at most ``cfg.l2_fraction`` of the
+    L2 (the rest is left to the gradient's writes, which go through the L2 too, and to
+    other traffic), a whole number of programs per SM between 1 and
+    ``cfg.max_programs_per_sm``. At least one per SM: when even that does not fit (rows
+    over l2_fraction x L2 / SMs bytes), part of the re-reads come from DRAM (for rows
+    that long and few, the split-row path takes over, ``plan``). It assumes every
+    program is resident (true up to the blocks per SM the registers allow; beyond that
+    fewer rows are in flight, not more) and that rows of one program do not share
+    lines with another's. ``cfg.programs_per_sm`` > 0 fixes the programs per SM instead.
+    """
+    cfg = cfg or _config
+    if cfg.programs_per_sm:
+        grid = sms * cfg.programs_per_sm
+    elif l2 <= 0:
+        return 0
+    else:
+        fit = int(cfg.l2_fraction * l2) // max(1, k * elem_bytes)
+        grid = sms * max(1, min(cfg.max_programs_per_sm, fit // max(1, sms)))
+    return grid if grid < rows else 0
+
+
 def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1,
-         shard=False) -> Plan:
+         shard=False, l2=0, elem_bytes=2) -> Plan:
     """The launch plan under ``cfg`` (default: the current config) on a device with
-    ``sms`` SMs (``cfg.sms`` overrides it). ``inplace``: the gradient overwrites the
-    logits, which rules out split rows. ``shard``: a class-parallel shard of K classes,
-    read as one chunk of the split-row kernels."""
+    ``sms`` SMs and ``l2`` bytes of L2 (``cfg.sms``, ``cfg.l2_bytes`` override them), for
+    logits of ``elem_bytes`` bytes. ``inplace``: the gradient overwrites the logits,
+    which rules out split rows. ``shard``: a class-parallel shard of K classes, read as
+    one chunk of the split-row kernels. Streaming rows run on the grid of
+    ``stream_grid``."""
     cfg = cfg or _config
     if shard:
         block = min(cfg.block_k, triton.next_power_of_2(k))
@@ -145,8 +194,8 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
         chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
         chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
         return Plan("split", cfg.block_k, _warps(cfg.block_k, cfg), chunk, triton.cdiv(k, chunk))
-    grid = min(rows, (cfg.sms or sms) * cfg.programs_per_sm) if cfg.programs_per_sm else 0
-    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg), grid=grid if grid < rows else 0)
+    grid = stream_grid(rows, k, elem_bytes, cfg.sms or sms, cfg.l2_bytes or l2, cfg)
+    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg), grid=grid)
 
 
 @_device_guard
@@ -174,9 +223,9 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     if rows == 0:
         return loss, grad
     pl = plan(rows, k, inplace=out is not None and out.data_ptr() == z3.data_ptr(),
-              sms=sm_count(z3.device))
+              sms=sm_count(z3.device), l2=l2_bytes(z3.device), elem_bytes=z3.element_size())
     loss_args = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3),
-                     VEC=row_vec(z3, grad))
+                     VEC=row_vec(z3, grad), **_columns(z3, grad, pl.block))
     if pl.path in ("single", "stream"):
         row_loss_kernel[(pl.grid or rows,)](
             **_logits(z3), **_labels(target, weight, den, hyper, ignore_index),
@@ -216,13 +265,22 @@ def _outputs(loss, grad):
                 g_d=g_d)
 
 
+def _columns(z3, grad, block):
+    """How the kernels address a block's columns: EPT, the columns per tile row (16 bytes
+    of logits, at most the block: kernels/row_loss.py ``_tile``), and whether the logits'
+    and the gradient's column strides are 1 (then 32-bit column offsets: UNIT_K, UNIT_GK)."""
+    return dict(EPT=min(block, 16 // z3.element_size()), UNIT_K=z3.stride(1) == 1,
+                UNIT_GK=grad is None or grad.stride(1) == 1)
+
+
 def _stats1_partials(z3, pl):
     """Launch 1 of split rows and shards: (rows, chunks, STATS1) stats1 per chunk."""
     n, k, d = z3.shape
     part = torch.empty((n * d, pl.chunks, STATS1), dtype=_cdtype(z3), device=z3.device)
     split_stats1_kernel[(n * d, pl.chunks)](
         **_logits(z3), part_ptr=part, CHUNK=pl.chunk,
-        BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3), num_warps=pl.num_warps)
+        BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3), EPT=_columns(z3, None, pl.block)["EPT"],
+        UNIT_K=z3.stride(1) == 1, num_warps=pl.num_warps)
     return part
 
 
@@ -236,12 +294,14 @@ def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact):
         CHUNK=pl.chunk, NPART1=parts1.shape[1],
         ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), VEC=row_vec(z3),
+        EPT=_columns(z3, None, pl.block)["EPT"], UNIT_K=z3.stride(1) == 1,
         num_warps=pl.num_warps)
     return part2
 
 
 def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, *,
-            ignore_index, sharded, compute_grad, ACTIVE, PASSIVE, EXACT, DT, VEC):
+            ignore_index, sharded, compute_grad, ACTIVE, PASSIVE, EXACT, DT, VEC, EPT, UNIT_K,
+            UNIT_GK):
     """Launch 3: the loss (chunk 0 of each row) and each chunk's gradient columns."""
     n, k, d = z3.shape
     split_finish_kernel[(n * d, pl.chunks if compute_grad else 1)](
@@ -251,7 +311,8 @@ def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, 
         SHARDED=sharded, COMPUTE_GRAD=compute_grad,
         NEEDS2=needs_stats2(ACTIVE, PASSIVE), BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])),
-        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, DT=DT, VEC=VEC, num_warps=pl.num_warps)
+        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, DT=DT, VEC=VEC, EPT=EPT, UNIT_K=UNIT_K,
+        UNIT_GK=UNIT_GK, num_warps=pl.num_warps)
 
 
 # ------------------------------------------------ class-parallel shards (no communication here)
@@ -287,10 +348,11 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
     loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
     grad = torch.empty((n, k, d), dtype=z3.dtype, device=z3.device) if compute_grad else None
     if n * d:
-        _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad,
-                plan(n * d, k, shard=True), ignore_index=ignore_index, sharded=True,
-                compute_grad=compute_grad, ACTIVE=active, PASSIVE=passive, EXACT=exact,
-                DT=_dt(z3), VEC=row_vec(z3, grad))
+        pl = plan(n * d, k, shard=True)
+        _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad, pl,
+                ignore_index=ignore_index, sharded=True, compute_grad=compute_grad,
+                ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3), VEC=row_vec(z3, grad),
+                **_columns(z3, grad, pl.block))
     return loss, grad
 
 
@@ -314,9 +376,23 @@ def scale_(grad, grad_output):
     numel = grad.numel()
     if numel == 0:
         return grad
-    block = 4096
+    block = SCALE_BLOCK
+    grid = scale_grid(numel, sm_count(grad.device))
     with _on_device(grad):
-        scale_kernel[(triton.cdiv(numel, block),)](
+        scale_kernel[(grid,)](
             grad, grad_output, numel, k * d, d, PER_ROW=grad_output.numel() != 1, BLOCK=block,
             DT=_dt(grad), num_warps=8)
     return grad
+
+
+SCALE_BLOCK = 4096  # elements per block of the backward kernel (8 warps: 16 per thread)
+
+
+def scale_grid(numel: int, sms: int, cfg: LaunchConfig | None = None) -> int:
+    """Programs of the backward kernel (kernels/scale.py) for ``numel`` gradient
+    elements on ``sms`` SMs: ``cfg.scale_programs_per_sm`` per SM (enough to fill them:
+    8 blocks of 8 warps are 64 warps, an sm_90 SM's limit, at its 30 registers), at
+    most one per block. The kernel walks the blocks grid-stride, so with grad_output
+    == 1 only this many programs start and exit, whatever the gradient's size."""
+    cfg = cfg or _config
+    return max(1, min(triton.cdiv(numel, SCALE_BLOCK), (cfg.sms or sms) * cfg.scale_programs_per_sm))

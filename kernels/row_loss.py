@@ -17,19 +17,31 @@ Nothing here synchronises with the host: out-of-range labels give NaN rows.
 import triton
 import triton.language as tl
 
+from . import _codes as C
 from ._codes import STATS1, STATS2
 from ._terms import (
     NEG_INF,
     elementwise,
     epilogue,
-    load_row,
-    merge_stats1,
     stats1_block,
 )
 
 
 S1 = tl.constexpr(STATS1)  # floats per stats1 partial (kernels/_codes.py)
 S2 = tl.constexpr(STATS2)  # floats per stats2 partial
+# the terms without an elementwise weight (_grad_combine)
+A_NONE = tl.constexpr(C.A_NONE)
+A_CE = tl.constexpr(C.A_CE)
+A_FL = tl.constexpr(C.A_FL)
+P_NONE = tl.constexpr(C.P_NONE)
+P_MAE = tl.constexpr(C.P_MAE)
+P_GCE = tl.constexpr(C.P_GCE)
+P_AGCE = tl.constexpr(C.P_AGCE)
+P_AUL = tl.constexpr(C.P_AUL)
+P_AEL = tl.constexpr(C.P_AEL)
+# exp(x) = exp2(x log2 e): tl.math.exp2 is one MUFU.EX2 on the GPU (ex2.approx.ftz: a
+# result under 2^-126 flushes to 0); tl.exp adds a denormal fix-up (three instructions).
+LOG2E = tl.constexpr(1.4426950408889634)
 
 
 @triton.jit
@@ -84,62 +96,174 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
 
 
 @triton.jit
-def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, DT: tl.constexpr):
-    m = tl.full((), NEG_INF, DT)
-    s = tl.zeros((), DT)
-    d = tl.zeros((), DT)
-    c = tl.zeros((), DT)
+def _tile(BLOCK_K: tl.constexpr, EPT: tl.constexpr):
+    """Columns of a block relative to its start, as a (BLOCK_K // EPT, EPT) tile: each
+    tile row is EPT consecutive columns (16 bytes of logits), held by one thread, so a
+    reduction along axis 1 stays in the thread (no shuffle, no barrier). int32: only
+    the row and block starts are int64."""
+    return tl.arange(0, BLOCK_K // EPT)[:, None] * EPT + tl.arange(0, EPT)[None, :]
+
+
+@triton.jit
+def _ptrs(ptr, cols, s_k, UNIT_K: tl.constexpr):
+    """Pointers to columns ``cols`` (block-relative) of a block that starts at ``ptr``;
+    32-bit column offsets when the column stride is 1, else 64-bit (cols * s_k)."""
+    if UNIT_K:
+        return ptr + cols
+    else:
+        return ptr + cols.to(tl.int64) * s_k
+
+
+@triton.jit
+def _load_block(z_ptr, cols, s_k, n, UNIT_K: tl.constexpr, DT: tl.constexpr):
+    """The first ``n`` columns of the block at ``z_ptr`` in the compute dtype; columns at or
+    past ``n`` read as absent (-inf)."""
+    z = tl.load(_ptrs(z_ptr, cols, s_k, UNIT_K), mask=cols < n, other=NEG_INF)
+    return z.to(DT)
+
+
+@triton.jit
+def _block_label(y, start, BLOCK_K: tl.constexpr):
+    """The label relative to a block starting at column ``start``, int32; -1 when the
+    label is not in the block (an ignored or out-of-range label is in none)."""
+    rel = y - start
+    return tl.where((rel >= 0) & (rel < BLOCK_K), rel, -1).to(tl.int32)
+
+
+@triton.jit
+def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, EPT: tl.constexpr,
+                  UNIT_K: tl.constexpr, DT: tl.constexpr):
+    """stats1 (max, sum exp(z - max), sum (z - max), #present) of columns [lo, hi).
+
+    Online per tile row (kernels/row_loss.py ``_tile``): each thread keeps the stats of
+    its own columns across the blocks, merged once at the end (one cross-warp reduction
+    per statistic per chunk, not per block). The rule of kernels/_terms.py
+    ``stats1_block`` holds: absent (-inf) entries are skipped, a NaN or +inf makes s NaN.
+    Absent entries need no mask in s: their exp(-inf - ms) is 0 whenever ms is not -inf,
+    and ms (the running max, 0 while a lane has only absent entries) never is; a +inf
+    gives exp(inf - inf) = NaN, a NaN exp(NaN). exp is exp2 (``LOG2E``): a term under
+    2^-126 of the row's largest flushes to 0, which s (at least 1) does not see.
+    """
+    cols = _tile(BLOCK_K, EPT)
+    R: tl.constexpr = BLOCK_K // EPT
+    m = tl.full((R,), NEG_INF, DT)
+    s = tl.zeros((R,), DT)
+    d = tl.zeros((R,), DT)
+    c = tl.zeros((R,), DT)
     for start in range(lo, hi, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, hi, DT)
-        bm, bs, bd, bc = stats1_block(z)
-        m, s, d, c = merge_stats1(m, s, d, c, bm, bs, bd, bc)
-    return m, s, d, c
+        z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+                        UNIT_K, DT)
+        mn = tl.maximum(m, tl.max(z, 1))
+        ms = tl.where(mn > NEG_INF, mn, 0.0)
+        mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
+        t = z - ms[:, None]
+        present = z > NEG_INF
+        s = s * tl.math.exp2((mo - ms) * LOG2E) + tl.sum(tl.math.exp2(t * LOG2E), 1)
+        d = d + c * (mo - ms) + tl.sum(tl.where(present, t, 0.0), 1)
+        c = c + tl.sum(tl.where(present, 1.0, 0.0), 1)
+        m = mn
+    M = tl.max(m, 0)
+    Ms = tl.where(M > NEG_INF, M, 0.0)
+    mo = tl.where(m > NEG_INF, m, Ms)
+    return (M, tl.sum(s * tl.math.exp2((mo - Ms) * LOG2E), 0), tl.sum(d + c * (mo - Ms), 0),
+            tl.sum(c, 0))
 
 
 @triton.jit
 def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
                   PASSIVE: tl.constexpr, EXACT: tl.constexpr, BLOCK_K: tl.constexpr,
-                  DT: tl.constexpr):
-    A1 = tl.zeros((), DT)
-    EA = tl.zeros((), DT)
-    B1 = tl.zeros((), DT)
-    EB = tl.zeros((), DT)
-    BC = tl.zeros((), DT)
+                  EPT: tl.constexpr, UNIT_K: tl.constexpr, DT: tl.constexpr):
+    """The lse-dependent sums (A1, EA, B1, EB, BC) of columns [lo, hi), accumulated per
+    tile row and reduced across the block once at the end."""
+    cols = _tile(BLOCK_K, EPT)
+    R: tl.constexpr = BLOCK_K // EPT
+    A1 = tl.zeros((R,), DT)
+    EA = tl.zeros((R,), DT)
+    B1 = tl.zeros((R,), DT)
+    EB = tl.zeros((R,), DT)
+    BC = tl.zeros((R,), DT)
     for start in range(lo, hi, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, hi, DT)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
-        A1 += tl.sum(a1, 0)
-        EA += tl.sum(ea, 0)
-        B1 += tl.sum(b1, 0)
-        EB += tl.sum(eb, 0)
-        BC += tl.sum(bc, 0)
-    return A1, EA, B1, EB, BC
+        z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+                        UNIT_K, DT)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, _block_label(y, start, BLOCK_K), m, log_s,
+                                            h_ptr, ACTIVE, PASSIVE, EXACT)
+        A1 += tl.sum(a1, 1)
+        EA += tl.sum(ea, 1)
+        B1 += tl.sum(b1, 1)
+        EB += tl.sum(eb, 1)
+        BC += tl.sum(bc, 1)
+    return tl.sum(A1, 0), tl.sum(EA, 0), tl.sum(B1, 0), tl.sum(EB, 0), tl.sum(BC, 0)
 
 
 @triton.jit
-def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b):
-    """scale * (c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j); exactly 0 on ignored rows.
+def _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
+    """The gradient's row coefficients times ``scale``. A term without an elementwise
+    weight e (see ``_grad_combine``) has its p-coefficient folded into the other's."""
+    HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
+    HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
+                                | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
+    if not HAS_EA:
+        c2b = c2b + c2a
+    elif not HAS_EB:
+        c2a = c2a + c2b
+    return c1 * scale, c2a * scale, c2b * scale, c3a * scale, c3b * scale
 
-    c2 = c2a + c2b is applied per term, so that a term whose p- and e-parts nearly
-    cancel (RCE on a confident wrong class) does so before the other term is added.
+
+@triton.jit
+def _grad_combine(cols, y, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr,
+                  PASSIVE: tl.constexpr):
+    """c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j), with the coefficients of
+    ``_grad_coefs``. The p- and e-parts of a term are added first, so that a term whose
+    parts nearly cancel (RCE on a confident wrong class) does so before the other term
+    is added.
+
+    The terms that depend on p_y alone (CE, FL; MAE, GCE, AGCE, AUL, AEL; none) have no
+    elementwise weight e (kernels/_terms.py ``elementwise`` returns a constant zero for
+    them) and skip ``c3 * e`` (``c3 * 0`` is not folded by the compiler, an IEEE
+    multiply: it would cost two instructions per element); every other term, a new one
+    included, computes it. Their p-coefficient was
+    folded into the other term's by ``_grad_coefs``; c3 of a term without e is 0, or
+    NaN in a NaN row, which the folded c2 carries too.
     """
-    g = tl.where(cols == y, c1, 0.0) + (c2a * p + c3a * ea) + (c2b * p + c3b * eb)
-    return tl.where(valid, g * scale, 0.0)
+    HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
+    HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
+                                | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
+    g = tl.where(cols == y, c1, 0.0)
+    if HAS_EA:
+        g += c2a * p + c3a * ea
+        if HAS_EB:
+            g += c2b * p + c3b * eb
+    elif HAS_EB:
+        g += c2b * p + c3b * eb
+    else:
+        g += c2b * p
+    return g
 
 
 @triton.jit
 def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                EXACT: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
-    for start in range(lo, hi, BLOCK_K):
-        cols = start + tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, hi, DT)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
-        g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b)
-        tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
-                 g.to(g_ptr.dtype.element_ty), mask=cols < hi)
+                EXACT: tl.constexpr, BLOCK_K: tl.constexpr, EPT: tl.constexpr,
+                UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr, DT: tl.constexpr):
+    """The gradient of columns [lo, hi); exactly 0 on an ignored row (whatever its
+    logits: that row's loop stores zeros and reads nothing)."""
+    cols = _tile(BLOCK_K, EPT)
+    if valid:
+        c1, c2a, c2b, c3a, c3b = _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE, PASSIVE)
+        for start in range(lo, hi, BLOCK_K):
+            z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+                            UNIT_K, DT)
+            yb = _block_label(y, start, BLOCK_K)
+            a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, m, log_s, h_ptr, ACTIVE, PASSIVE,
+                                                EXACT)
+            g = _grad_combine(cols, yb, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE, PASSIVE)
+            tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
+                     g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
+    else:
+        zero = tl.zeros((BLOCK_K // EPT, EPT), g_ptr.dtype.element_ty)
+        for start in range(lo, hi, BLOCK_K):
+            tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
+                     zero, mask=cols < hi - start)
 
 
 @triton.jit
@@ -148,7 +272,8 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                     ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                     SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PERSISTENT: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
+                    PERSISTENT: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
+                    UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr, DT: tl.constexpr):
     """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
     fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
     streamed at once, hence the bytes the streaming path's re-reads need to find in L2
@@ -162,11 +287,13 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         for i in range(0, tl.cdiv(ROWS - tl.program_id(0), grid)):
             _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, K, D,
                      s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
-                     HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, DT)
+                     HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, EPT, UNIT_K,
+                     UNIT_GK, DT)
     else:
         _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr,
                  g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
-                 HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, DT)
+                 HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, EPT, UNIT_K, UNIT_GK,
+                 DT)
 
 
 @triton.jit
@@ -175,7 +302,8 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
              ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
              HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
              SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-             VEC: tl.constexpr, DT: tl.constexpr):
+             VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
+             DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
     base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
                                                s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
@@ -183,19 +311,25 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
     gbase = _row_base(row, D, g_n, g_d, VEC)
     if SINGLE:
         cols = tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, K, DT)
+        yb = _block_label(y, 0, BLOCK_K)
+        z = _load_block(z_ptr + base, cols, s_k, K, UNIT_K, DT)
         m, s, d, c = stats1_block(z)
         log_s = tl.log(s)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b)
-            tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
-                     g.to(g_ptr.dtype.element_ty), mask=cols < K)
+            if valid:
+                c1, c2a, c2b, c3a, c3b = _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
+                                                     PASSIVE)
+                g = _grad_combine(cols, yb, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE, PASSIVE)
+            else:  # exactly 0 on an ignored row, whatever its logits
+                g = tl.zeros((BLOCK_K,), DT)
+            tl.store(_ptrs(g_ptr + gbase, cols, g_k, UNIT_GK), g.to(g_ptr.dtype.element_ty),
+                     mask=cols < K)
     else:
-        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, BLOCK_K, DT)
+        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, BLOCK_K, EPT, UNIT_K, DT)
         log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
@@ -204,12 +338,13 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         BC = tl.zeros((), DT)
         if NEEDS2:
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
-                                               ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                                               ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT, UNIT_K, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
             _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
-                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
+                        UNIT_K, UNIT_GK, DT)
     tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
 
 
@@ -235,14 +370,16 @@ def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
 
 @triton.jit
 def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
-                        BLOCK_K: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
+                        BLOCK_K: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
+                        UNIT_K: tl.constexpr, DT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     P = tl.num_programs(1)
     K = _aligned(K, VEC)
     base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
-    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, DT)
+    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, EPT,
+                               UNIT_K, DT)
     ptr = part_ptr + (row * P + pid) * S1
     tl.store(ptr, m)
     tl.store(ptr + 1, s)
@@ -254,7 +391,8 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
 def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_k, s_d, CHUNK,
                         NPART1, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                         EXACT: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr,
-                        VEC: tl.constexpr, DT: tl.constexpr):
+                        VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr,
+                        DT: tl.constexpr):
     """stats2 partials of chunk pid; the row's NPART1 stats1 partials are combined first
     (NPART1 = number of chunks, or of ranks for class-parallel shards)."""
     row = tl.program_id(0).to(tl.int64)
@@ -267,7 +405,8 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
     log_s = tl.log(s)
     lo = pid * CHUNK
     A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), y, m,
-                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
+                                       UNIT_K, DT)
     ptr = part2_ptr + (row * P + pid) * S2
     tl.store(ptr, A1)
     tl.store(ptr + 1, EA)
@@ -283,6 +422,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
                         EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
                         SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr, NEEDS2: tl.constexpr,
                         BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, VEC: tl.constexpr,
+                        EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
                         DT: tl.constexpr):
     """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
     row's NPART1 stats1 and NPART2 stats2 partials."""
@@ -315,4 +455,5 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
         lo = pid * CHUNK
         _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m,
                     log_s, valid,
-                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
+                    UNIT_K, UNIT_GK, DT)
