@@ -54,13 +54,34 @@ H_C_PASS = tl.constexpr(C.H_C_PASS)
 H_RCE_A = tl.constexpr(C.H_RCE_A)
 H_P_FLOOR = tl.constexpr(C.H_P_FLOOR)
 NEG_INF = tl.constexpr(float("-inf"))
+# exp(x) = exp2(x log2 e): on the GPU tl.exp compiles to ex2.approx of x * log2 e plus a
+# fix-up for results under 2^-126 (about four instructions); tl.math.exp2 is the
+# ex2.approx alone (one MUFU.EX2; a result under 2^-126 flushes to 0), so per element
+# ``fast_exp`` costs a multiply and the MUFU, and is no less accurate than tl.exp there.
+LOG2E = tl.constexpr(1.4426950408889634)
+
+
+@triton.jit
+def fast_exp(x):
+    """exp(x), per element: ``exp2(x * LOG2E)`` in float32; ``tl.exp`` in float64, where a
+    LOG2E rounded to float32 would cost the float64 path its accuracy."""
+    if x.dtype == tl.float64:
+        return tl.exp(x)
+    else:
+        return tl.math.exp2(x * LOG2E)
 
 
 @triton.jit
 def _pow(x, e):
-    """x**e for x >= 0 (0**0 = 1, 0**e = 0 for e > 0)."""
+    """x**e for x >= 0 (0**0 = 1, 0**e = 0 for e > 0): ``exp2(e log2 x)`` in float32 (one
+    MUFU.LG2 and one MUFU.EX2 on the GPU, where tl.exp and tl.log add a multiply and a
+    fix-up each), ``exp(e log x)`` in float64."""
     xs = tl.where(x > 0, x, 1.0)
-    return tl.where(x > 0, tl.exp(e * tl.log(xs)), tl.where(e == 0, 1.0, 0.0))
+    if xs.dtype == tl.float64:
+        r = tl.exp(e * tl.log(xs))
+    else:
+        r = tl.math.exp2(e * tl.math.log2(xs))
+    return tl.where(x > 0, r, tl.where(e == 0, 1.0, 0.0))
 
 
 @triton.jit
@@ -96,7 +117,7 @@ def stats1_block(z):
     present = z > NEG_INF
     m = tl.max(z, 0)
     ms = tl.where(m > NEG_INF, m, 0.0)
-    s = tl.sum(tl.where(z == NEG_INF, 0.0, tl.exp(z - ms)), 0)
+    s = tl.sum(tl.where(z == NEG_INF, 0.0, fast_exp(z - ms)), 0)
     d = tl.sum(tl.where(present, z - ms, 0.0), 0)
     c = tl.sum(tl.where(present, 1.0, 0.0).to(z.dtype), 0)
     return m, s, d, c
@@ -200,7 +221,7 @@ def nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
     log_pmin = tl.load(h_ptr + H_LOG_PMIN)
     gamma = tl.load(h_ptr + H_GAMMA)
     lc = tl.maximum(l, log_pmin)
-    pc = tl.exp(lc)
+    pc = fast_exp(lc)
     w = _pow(1.0 - pc, gamma)
     # A' - FL_k >= 0, exactly 0 where clamped (computing it there would leave a
     # rounding residue of ~eps A' per clamped class).
@@ -334,7 +355,7 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
     # (z - m) - log s, not z - lse: exact for the max entry, and no absolute error
     # of eps * |lse| for exp() to amplify (it matters for logits of large magnitude).
     l = (z - m) - log_s
-    p = tl.where(present, tl.exp(l), 0.0)  # (a NaN row's gradient: epilogue's nan_row)
+    p = tl.where(present, fast_exp(l), 0.0)  # (a NaN row's gradient: epilogue's nan_row)
     zero = tl.zeros_like(z)
     a1 = zero
     ea = zero

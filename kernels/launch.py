@@ -9,6 +9,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _codes as C
 from ._codes import STATS1, STATS2, needs_stats2
 from .row_loss import (
     row_loss_kernel,
@@ -63,9 +64,27 @@ def config(**overrides):
         _config = old
 
 
-def _warps(block: int, cfg: LaunchConfig | None = None) -> int:
+# Per-loss exceptions to LaunchConfig.elems_per_thread on the streaming and split paths,
+# keyed by (active, passive) term codes: losses whose loop bodies at the default (16 per
+# thread, 8 warps at a block of 4096) need so many registers that fewer than a quarter of
+# an SM's warp slots are resident. NFL + RCE keeps all five stats2 sums per thread and
+# NFL's power: 144 registers at 16 per thread (one block of 8 warps per SM), 96 at 8
+# (16 warps, 0.25). (benchmarks/kernel_resources.py; tests/test_gpu_compile.py checks
+# occupancy >= 0.25 and no spills for every loss.)
+STREAM_ELEMS_PER_THREAD = {
+    (C.A_NFL, C.P_RCE): 8,
+}
+
+
+def _elems_per_thread(cfg: LaunchConfig, loss=None) -> int:
+    """Block elements per thread on the streaming and split paths for ``loss`` ((active,
+    passive) codes, or None): the table's value, never more than the config's."""
+    return min(cfg.elems_per_thread, STREAM_ELEMS_PER_THREAD.get(loss, cfg.elems_per_thread))
+
+
+def _warps(block: int, cfg: LaunchConfig | None = None, ept: int = 0) -> int:
     cfg = cfg or _config
-    return max(4, min(cfg.max_warps, block // (32 * cfg.elems_per_thread)))
+    return max(4, min(cfg.max_warps, block // (32 * (ept or cfg.elems_per_thread))))
 
 
 def row_vec(z3, grad=None) -> int:
@@ -176,26 +195,29 @@ def stream_grid(rows: int, k: int, elem_bytes: int, sms: int, l2: int,
 
 
 def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1,
-         shard=False, l2=0, elem_bytes=2) -> Plan:
+         shard=False, l2=0, elem_bytes=2, loss=None) -> Plan:
     """The launch plan under ``cfg`` (default: the current config) on a device with
     ``sms`` SMs and ``l2`` bytes of L2 (``cfg.sms``, ``cfg.l2_bytes`` override them), for
     logits of ``elem_bytes`` bytes. ``inplace``: the gradient overwrites the logits,
     which rules out split rows. ``shard``: a class-parallel shard of K classes, read as
     one chunk of the split-row kernels. Streaming rows run on the grid of
-    ``stream_grid``."""
+    ``stream_grid``. ``loss``: the (active, passive) term codes, for the per-loss
+    elements per thread of the streaming and split paths (``STREAM_ELEMS_PER_THREAD``)."""
     cfg = cfg or _config
+    ept = _elems_per_thread(cfg, loss)
     if shard:
         block = min(cfg.block_k, triton.next_power_of_2(k))
-        return Plan("split", block, _warps(block, cfg), chunk=k, chunks=1)
+        return Plan("split", block, _warps(block, cfg, ept), chunk=k, chunks=1)
     if k <= cfg.max_single_k:
         block = triton.next_power_of_2(k)
         return Plan("single", block, _warps(block, cfg))
     if rows <= cfg.split_max_rows and k > cfg.split_chunk and not inplace:
         chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
         chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
-        return Plan("split", cfg.block_k, _warps(cfg.block_k, cfg), chunk, triton.cdiv(k, chunk))
+        return Plan("split", cfg.block_k, _warps(cfg.block_k, cfg, ept), chunk,
+                    triton.cdiv(k, chunk))
     grid = stream_grid(rows, k, elem_bytes, cfg.sms or sms, cfg.l2_bytes or l2, cfg)
-    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg), grid=grid)
+    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg, ept), grid=grid)
 
 
 @_device_guard
@@ -223,7 +245,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     if rows == 0:
         return loss, grad
     pl = plan(rows, k, inplace=out is not None and out.data_ptr() == z3.data_ptr(),
-              sms=sm_count(z3.device), l2=l2_bytes(z3.device), elem_bytes=z3.element_size())
+              sms=sm_count(z3.device), l2=l2_bytes(z3.device), elem_bytes=z3.element_size(),
+              loss=(active, passive))
     loss_args = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3),
                      VEC=row_vec(z3, grad), **_columns(z3, grad, pl.block))
     if pl.path in ("single", "stream"):
@@ -336,7 +359,8 @@ def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
     n, k, d = z3.shape
     if n * d == 0:
         return torch.empty((0, 1, STATS2), dtype=parts1.dtype, device=z3.device)
-    return _stats2_partials(z3, y_local, hyper, parts1, plan(n * d, k, shard=True),
+    return _stats2_partials(z3, y_local, hyper, parts1,
+                            plan(n * d, k, shard=True, loss=(active, passive)),
                             active=active, passive=passive, exact=exact)
 
 
@@ -348,7 +372,7 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
     loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
     grad = torch.empty((n, k, d), dtype=z3.dtype, device=z3.device) if compute_grad else None
     if n * d:
-        pl = plan(n * d, k, shard=True)
+        pl = plan(n * d, k, shard=True, loss=(active, passive))
         _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad, pl,
                 ignore_index=ignore_index, sharded=True, compute_grad=compute_grad,
                 ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3), VEC=row_vec(z3, grad),

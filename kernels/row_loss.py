@@ -23,6 +23,7 @@ from ._terms import (
     NEG_INF,
     elementwise,
     epilogue,
+    fast_exp,
     stats1_block,
 )
 
@@ -39,10 +40,6 @@ P_GCE = tl.constexpr(C.P_GCE)
 P_AGCE = tl.constexpr(C.P_AGCE)
 P_AUL = tl.constexpr(C.P_AUL)
 P_AEL = tl.constexpr(C.P_AEL)
-# exp(x) = exp2(x log2 e): tl.math.exp2 is one MUFU.EX2 on the GPU (ex2.approx.ftz: a
-# result under 2^-126 flushes to 0); tl.exp adds a denormal fix-up (three instructions).
-LOG2E = tl.constexpr(1.4426950408889634)
-
 
 @triton.jit
 def _aligned(x, VEC: tl.constexpr):
@@ -141,8 +138,10 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, EPT: tl.const
     ``stats1_block`` holds: absent (-inf) entries are skipped, a NaN or +inf makes s NaN.
     Absent entries need no mask in s: their exp(-inf - ms) is 0 whenever ms is not -inf,
     and ms (the running max, 0 while a lane has only absent entries) never is; a +inf
-    gives exp(inf - inf) = NaN, a NaN exp(NaN). exp is exp2 (``LOG2E``): a term under
+    gives exp(inf - inf) = NaN, a NaN exp(NaN). exp is exp2 (``fast_exp``): a term under
     2^-126 of the row's largest flushes to 0, which s (at least 1) does not see.
+    (A loss whose terms read neither d nor c, CE for one, has them removed by the
+    compiler.)
     """
     cols = _tile(BLOCK_K, EPT)
     R: tl.constexpr = BLOCK_K // EPT
@@ -158,14 +157,14 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, EPT: tl.const
         mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
         t = z - ms[:, None]
         present = z > NEG_INF
-        s = s * tl.math.exp2((mo - ms) * LOG2E) + tl.sum(tl.math.exp2(t * LOG2E), 1)
+        s = s * fast_exp(mo - ms) + tl.sum(fast_exp(t), 1)
         d = d + c * (mo - ms) + tl.sum(tl.where(present, t, 0.0), 1)
         c = c + tl.sum(tl.where(present, 1.0, 0.0), 1)
         m = mn
     M = tl.max(m, 0)
     Ms = tl.where(M > NEG_INF, M, 0.0)
     mo = tl.where(m > NEG_INF, m, Ms)
-    return (M, tl.sum(s * tl.math.exp2((mo - Ms) * LOG2E), 0), tl.sum(d + c * (mo - Ms), 0),
+    return (M, tl.sum(s * fast_exp(mo - Ms), 0), tl.sum(d + c * (mo - Ms), 0),
             tl.sum(c, 0))
 
 
@@ -196,9 +195,13 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
 
 
 @triton.jit
-def _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
-    """The gradient's row coefficients times ``scale``. A term without an elementwise
-    weight e (see ``_grad_combine``) has its p-coefficient folded into the other's."""
+def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
+    """The gradient's p-coefficients: a term without an elementwise weight e (see
+    ``_grad_combine``) has its p-coefficient folded into the other's. The row's scale is
+    not folded into the coefficients: it multiplies the combined gradient
+    (``_grad_combine``), so that the label column's ``c1 + c2 p_y``, which cancels to
+    about ``1 - p_y`` on a confident row, cancels before it is scaled (scaled
+    coefficients would each round on their own, an error of eps |c1| scale there)."""
     HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
     HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
                                 | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
@@ -206,24 +209,24 @@ def _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr, PASSIVE: tl
         c2b = c2b + c2a
     elif not HAS_EB:
         c2a = c2a + c2b
-    return c1 * scale, c2a * scale, c2b * scale, c3a * scale, c3b * scale
+    return c2a, c2b
 
 
 @triton.jit
-def _grad_combine(cols, y, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr,
+def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr,
                   PASSIVE: tl.constexpr):
-    """c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j), with the coefficients of
-    ``_grad_coefs``. The p- and e-parts of a term are added first, so that a term whose
-    parts nearly cancel (RCE on a confident wrong class) does so before the other term
-    is added.
+    """scale (c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)), with the
+    p-coefficients of ``_grad_coefs``. The p- and e-parts of a term are added first, so
+    that a term whose parts nearly cancel (RCE on a confident wrong class) does so
+    before the other term is added, and the scale comes last (``_grad_coefs``).
 
     The terms that depend on p_y alone (CE, FL; MAE, GCE, AGCE, AUL, AEL; none) have no
     elementwise weight e (kernels/_terms.py ``elementwise`` returns a constant zero for
     them) and skip ``c3 * e`` (``c3 * 0`` is not folded by the compiler, an IEEE
     multiply: it would cost two instructions per element); every other term, a new one
-    included, computes it. Their p-coefficient was
-    folded into the other term's by ``_grad_coefs``; c3 of a term without e is 0, or
-    NaN in a NaN row, which the folded c2 carries too.
+    included, computes it. Their p-coefficient was folded into the other term's by
+    ``_grad_coefs``; c3 of a term without e is 0, or NaN in a NaN row, which the folded
+    c2 carries too.
     """
     HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
     HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
@@ -237,7 +240,7 @@ def _grad_combine(cols, y, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constex
         g += c2b * p + c3b * eb
     else:
         g += c2b * p
-    return g
+    return g * scale
 
 
 @triton.jit
@@ -249,14 +252,15 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid,
     logits: that row's loop stores zeros and reads nothing)."""
     cols = _tile(BLOCK_K, EPT)
     if valid:
-        c1, c2a, c2b, c3a, c3b = _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE, PASSIVE)
+        c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
         for start in range(lo, hi, BLOCK_K):
             z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
                             UNIT_K, DT)
             yb = _block_label(y, start, BLOCK_K)
             a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, m, log_s, h_ptr, ACTIVE, PASSIVE,
                                                 EXACT)
-            g = _grad_combine(cols, yb, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE, PASSIVE)
+            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
+                              PASSIVE)
             tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
                      g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
     else:
@@ -320,12 +324,10 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            if valid:
-                c1, c2a, c2b, c3a, c3b = _grad_coefs(scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
-                                                     PASSIVE)
-                g = _grad_combine(cols, yb, p, ea, eb, c1, c2a, c2b, c3a, c3b, ACTIVE, PASSIVE)
-            else:  # exactly 0 on an ignored row, whatever its logits
-                g = tl.zeros((BLOCK_K,), DT)
+            c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
+            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
+                              PASSIVE)
+            g = tl.where(valid, g, 0.0)  # exactly 0 on an ignored row, whatever its logits
             tl.store(_ptrs(g_ptr + gbase, cols, g_k, UNIT_GK), g.to(g_ptr.dtype.element_ty),
                      mask=cols < K)
     else:

@@ -139,3 +139,28 @@ def test_constants_derived_from_table():
 def test_validation_from_table(name, kw, msg):
     with pytest.raises(ValueError, match=msg):
         R.resolve_hyper(R.LOSSES[name], kw)
+
+
+def test_kernel_lists_of_elementwise_terms_match_table():
+    """Where kernels/row_loss.py spells out which terms have an elementwise factor
+    (``HAS_EA`` / ``HAS_EB``, as a list or as ``not`` the list of those without), it must
+    be the table's ``per_element`` terms: a term left out would lose its ``c3 e_j`` part of
+    the gradient (kernels/row_loss.py ``_grad_combine`` skips ``c3 * e`` for the others)."""
+    from pathlib import Path
+    src = (Path(_terms.__file__).parent / "row_loss.py").read_text()
+    want = {"HAS_EA": {t.code for t in C.ACTIVE_TERMS.values() if t.per_element},
+            "HAS_EB": {t.code for t in C.PASSIVE_TERMS.values() if t.per_element}}
+    found = {"HAS_EA": 0, "HAS_EB": 0}
+    for node in ast.walk(ast.parse(src)):
+        if isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for tgt in targets:
+                if isinstance(tgt, ast.Name) and tgt.id in want and node.value is not None:
+                    codes = {getattr(C, n.id) for n in ast.walk(node.value)
+                             if isinstance(n, ast.Name) and n.id[:2] in ("A_", "P_")}
+                    if isinstance(node.value, ast.UnaryOp) and isinstance(node.value.op, ast.Not):
+                        table = C.ACTIVE_TERMS if tgt.id == "HAS_EA" else C.PASSIVE_TERMS
+                        codes = set(table) - codes  # ``not (the terms without e)``
+                    assert codes == want[tgt.id], (tgt.id, codes, want[tgt.id])
+                    found[tgt.id] += 1
+    assert found["HAS_EA"] and found["HAS_EB"], found  # the check saw the lists
