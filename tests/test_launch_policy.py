@@ -90,3 +90,27 @@ def test_backward_kernel_walks_its_blocks(per_row):
         assert launch.scale_grid(g.numel(), 1) == 2
         launch.scale_(g, go)
     torch.testing.assert_close(g, want, rtol=0, atol=0)
+
+
+def test_per_loss_elements_per_thread():
+    """The streaming and split paths take the per-loss elements per thread of
+    launch.STREAM_ELEMS_PER_THREAD (fewer registers per thread, more warps), never more
+    than the config's; the single-block path and the other losses keep the config's."""
+    from fused_anl.kernels import _codes as C
+
+    cfg = launch.LaunchConfig()
+    nfl_rce, anl_ce = (C.A_NFL, C.P_RCE), (C.A_NCE, C.P_NNCE)
+    assert launch.STREAM_ELEMS_PER_THREAD[nfl_rce] < cfg.elems_per_thread
+    ept = launch.STREAM_ELEMS_PER_THREAD[nfl_rce]
+    stream = launch.plan(16384, 32768, cfg, loss=nfl_rce)
+    assert stream.path == "stream" and stream.num_warps == cfg.block_k // (32 * ept)
+    assert launch.plan(16384, 32768, cfg, loss=anl_ce).num_warps == cfg.block_k // (
+        32 * cfg.elems_per_thread)
+    split = launch.plan(4, 8 * cfg.split_chunk, cfg, loss=nfl_rce)
+    assert split.path == "split" and split.num_warps == stream.num_warps
+    shard = launch.plan(4, 4096, cfg, shard=True, loss=nfl_rce)
+    assert shard.num_warps == launch._warps(shard.block, cfg, ept)
+    single = launch.plan(16, 8192, cfg, loss=nfl_rce)
+    assert single.path == "single" and single.num_warps == launch.plan(16, 8192, cfg).num_warps
+    with launch.config(elems_per_thread=4):  # the table never raises the config's value
+        assert launch.plan(16384, 32768, loss=nfl_rce).num_warps == cfg.block_k // (32 * 4)
