@@ -64,8 +64,7 @@ def _row_base(row, D, s_n, s_d, VEC: tl.constexpr):
 def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
                HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SHARDED: tl.constexpr,
                VEC: tl.constexpr, DT: tl.constexpr):
-    """Row base offset, label, label logit, validity, gradient scale of one row, and the
-    label column's logit as read (``zraw``, for ``_chunk_grad``'s label column).
+    """Row base offset, label, label logit, validity and gradient scale of one row.
 
     SHARDED (class-parallel): the label logit and the row's class weight were
     gathered across ranks beforehand (zy_ptr, w_ptr hold one value per row) and the
@@ -76,14 +75,12 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
     valid = y != ignore_index
     if SHARDED:
         zy = tl.load(zy_ptr + row).to(DT)
-        zraw = zy
         zy = tl.where(zy > NEG_INF, zy, float("nan"))  # no rank holds the label: NaN
         wy = tl.load(w_ptr + row).to(DT)
     else:
         in_range = (y >= 0) & (y < K)
         ys = tl.where(in_range, y, 0)
         zy = tl.load(z_ptr + base + ys * s_k).to(DT)
-        zraw = zy
         # A label out of range or on an absent class: NaN for this sample (docs/semantics.md).
         zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
         wy = zy * 0.0 + 1.0
@@ -92,7 +89,7 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
     scale = tl.where(valid, wy, 0.0)
     if MEAN:
         scale = scale / tl.load(den_ptr).to(DT)
-    return base, y, valid, zy, wy, scale, zraw
+    return base, y, valid, zy, wy, scale
 
 
 @triton.jit
@@ -217,7 +214,7 @@ def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
 
 @triton.jit
 def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr,
-                  PASSIVE: tl.constexpr, LABEL: tl.constexpr = True):
+                  PASSIVE: tl.constexpr):
     """scale (c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)), with the
     p-coefficients of ``_grad_coefs``. The p- and e-parts of a term are added first, so
     that a term whose parts nearly cancel (RCE on a confident wrong class) does so
@@ -229,62 +226,43 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.
     multiply: it would cost two instructions per element); every other term, a new one
     included, computes it. Their p-coefficient was folded into the other term's by
     ``_grad_coefs``; c3 of a term without e is 0, or NaN in a NaN row, which the folded
-    c2 carries too. ``LABEL`` false: no ``c1 [j == y]`` (the streaming gradient's blocks,
-    whose label column ``_chunk_grad`` writes on its own).
+    c2 carries too.
     """
     HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
     HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
                                 | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
+    g = tl.where(cols == y, c1, 0.0)
     if HAS_EA:
-        g = c2a * p + c3a * ea
+        g += c2a * p + c3a * ea
         if HAS_EB:
             g += c2b * p + c3b * eb
     elif HAS_EB:
-        g = c2b * p + c3b * eb
+        g += c2b * p + c3b * eb
     else:
-        g = c2b * p
-    if LABEL:
-        g = tl.where(cols == y, c1, 0.0) + g
+        g += c2b * p
     return g * scale
 
 
 @triton.jit
-def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zraw, m, log_s, valid, scale,
+def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr, BLOCK_K: tl.constexpr, EPT: tl.constexpr,
                 UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr, DT: tl.constexpr):
     """The gradient of columns [lo, hi); exactly 0 on an ignored row (whatever its
-    logits: that row's loop stores zeros and reads nothing).
-
-    The blocks are written as if no column were the label's (no per-element label
-    compare, and the label-relative terms, RCE's and AMSE's ``k != y``, see none); then,
-    when the label y is in [lo, hi), its column is written again from ``zraw``, its
-    logit as read before the loop (the gradient may overwrite the logits), with the
-    same formulas as a block's label column. The barrier orders the two writes of that
-    column, which different threads may make.
-    """
+    logits: that row's loop stores zeros and reads nothing)."""
     cols = _tile(BLOCK_K, EPT)
     if valid:
         c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
-        nolabel = tl.full((), -1, tl.int32)
         for start in range(lo, hi, BLOCK_K):
             z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
                             UNIT_K, DT)
-            a1, ea, b1, eb, bc, p = elementwise(z, cols, nolabel, m, log_s, h_ptr, ACTIVE,
-                                                PASSIVE, EXACT)
-            g = _grad_combine(cols, nolabel, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
-                              PASSIVE, False)
+            yb = _block_label(y, start, BLOCK_K)
+            a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, m, log_s, h_ptr, ACTIVE, PASSIVE,
+                                                EXACT)
+            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
+                              PASSIVE)
             tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
                      g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
-        if (y >= lo) & (y < hi):
-            tl.debug_barrier()
-            col = tl.zeros((1,), tl.int32)
-            zv = tl.zeros((1,), DT) + zraw
-            a1, ea, b1, eb, bc, p = elementwise(zv, col, col, m, log_s, h_ptr, ACTIVE, PASSIVE,
-                                                EXACT)
-            g = _grad_combine(col, col, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
-                              PASSIVE)
-            tl.store(g_ptr + gbase + y * g_k + col, g.to(g_ptr.dtype.element_ty))
     else:
         zero = tl.zeros((BLOCK_K // EPT, EPT), g_ptr.dtype.element_ty)
         for start in range(lo, hi, BLOCK_K):
@@ -331,9 +309,9 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
              VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
              DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
-    base, y, valid, zy, wy, scale, zraw = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D,
-                                                     s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT,
-                                                     MEAN, False, VEC, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
+                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
+                                               False, VEC, DT)
     gbase = _row_base(row, D, g_n, g_d, VEC)
     if SINGLE:
         cols = tl.arange(0, BLOCK_K)
@@ -366,7 +344,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, zraw, m, log_s, valid, scale,
+            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
                         c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
                         UNIT_K, UNIT_GK, DT)
     tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
@@ -453,9 +431,9 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     K = _aligned(K, VEC)
-    base, y, valid, zy, wy, scale, zraw = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row,
-                                                     D, s_n, s_d, s_k, K, ignore_index,
-                                                     HAS_WEIGHT, MEAN, SHARDED, VEC, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n,
+                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
+                                               SHARDED, VEC, DT)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
@@ -477,6 +455,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     if COMPUTE_GRAD:
         gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
-        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, zraw,
-                    m, log_s, valid, scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT,
-                    BLOCK_K, EPT, UNIT_K, UNIT_GK, DT)
+        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m,
+                    log_s, valid,
+                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
+                    UNIT_K, UNIT_GK, DT)
