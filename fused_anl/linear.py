@@ -235,7 +235,8 @@ class _LinearLoss(torch.autograd.Function):
 
 def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ignore_index=-100,
                 class_weight=None, chunk_size=None, backend="auto", detach_focal_weight=True,
-                process_group=None, class_start=None, **hyper):
+                process_group=None, class_start=None, z_loss=0.0, logit_softcap=None,
+                label_smoothing=0.0, **hyper):
     """Loss ``name`` of ``hidden @ weight.T + bias`` without materializing the logits.
 
     hidden ``(N, D)``; weight ``(K, D)`` as ``nn.Linear`` stores it; bias ``(K,)`` or None;
@@ -247,11 +248,24 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
     (classes, starting at ``class_start``, default rank x K_local), ``hidden`` and
     ``target`` are replicated; the loss is the full one on every rank, and the
     gradient of ``hidden`` is summed over ranks (one all_reduce).
+
+    ``z_loss``, ``logit_softcap`` and (``ce`` only) ``label_smoothing`` are those of the
+    plain losses (``help(fused_anl.ce)``), applied to each chunk's logits in the same pass.
     """
     if name not in R.LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
-    spec = R.LOSSES[name]
-    h = R.resolve_hyper(spec, hyper)
+    from .functional import check_options
+    z_loss, cap, label_smoothing = check_options(f"linear_{name}", z_loss, logit_softcap,
+                                                 label_smoothing, False)
+    if label_smoothing and name != "ce":
+        raise TypeError(f"linear_{name}: label_smoothing is an option of ce only")
+    spec = R.spec_of("ce:ls") if label_smoothing else R.LOSSES[name]
+    h = R.resolve_hyper(spec, dict(hyper, label_smoothing=label_smoothing)
+                        if label_smoothing else hyper)
+    h["z_loss"], h["logit_softcap"] = z_loss, cap
+    if process_group is not None and (cap or (label_smoothing and class_weight is not None)):
+        raise ValueError(f"linear_{name}: logit_softcap, and label_smoothing with class "
+                         "weights, are not supported with process_group")
     for what, x, dim in (("hidden", hidden, 2), ("weight", weight, 2)):
         if not isinstance(x, torch.Tensor) or x.dim() != dim or not x.is_floating_point():
             raise ValueError(f"linear_{name}: {what} must be a floating {dim}-D tensor")
@@ -280,7 +294,8 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
         raise ValueError(f"linear_{name}: chunk_size must be >= 1, got {chunk_size}")
     from .functional import LossCall
     call = LossCall(name=name, hyper=tuple((key, h[key]) for key in spec.hyper),
-                    constants=tuple(_hyper.constants(h, spec.passive)), active=spec.active,
+                    constants=tuple(_hyper.constants(h, spec.passive, spec.active)),
+                    active=spec.active,
                     passive=spec.passive, exact=not detach_focal_weight,
                     ignore_index=int(ignore_index), reduction=reduction, backend=b,
                     shard=(process_group, class_start) if process_group is not None else None)
@@ -298,7 +313,9 @@ def _make(name):
               chunk_size=None, backend="auto")
     if spec.focal:
         kw["detach_focal_weight"] = True
-    kw.update(process_group=None, class_start=None)
+    kw.update(process_group=None, class_start=None, z_loss=0.0, logit_softcap=None)
+    if name == "ce":
+        kw["label_smoothing"] = 0.0
     fn.__signature__ = inspect.Signature(
         [P(a, P.POSITIONAL_OR_KEYWORD) for a in ("hidden", "weight", "target")]
         + [P("bias", P.POSITIONAL_OR_KEYWORD, default=None)]

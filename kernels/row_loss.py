@@ -24,6 +24,8 @@ from ._terms import (
     epilogue,
     load_row,
     merge_stats1,
+    softcap,
+    softcap_grad,
     stats1_block,
 )
 
@@ -52,9 +54,10 @@ def _row_base(row, D, s_n, s_d, VEC: tl.constexpr):
 
 
 @triton.jit
-def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
-               HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SHARDED: tl.constexpr,
-               VEC: tl.constexpr, DT: tl.constexpr):
+def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row, D, s_n, s_d, s_k, K,
+               ignore_index, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
+               SHARDED: tl.constexpr, SOFTCAP: tl.constexpr, VEC: tl.constexpr,
+               DT: tl.constexpr):
     """Row base offset, label, label logit, validity and gradient scale of one row.
 
     SHARDED (class-parallel): the label logit and the row's class weight were
@@ -72,6 +75,8 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
         in_range = (y >= 0) & (y < K)
         ys = tl.where(in_range, y, 0)
         zy = tl.load(z_ptr + base + ys * s_k).to(DT)
+        if SOFTCAP:
+            zy = softcap(zy, h_ptr)
         # A label out of range or on an absent class: NaN for this sample (docs/semantics.md).
         zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
         wy = zy * 0.0 + 1.0
@@ -84,14 +89,15 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
 
 
 @triton.jit
-def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, DT: tl.constexpr):
+def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
+                  DT: tl.constexpr):
     m = tl.full((), NEG_INF, DT)
     s = tl.zeros((), DT)
     d = tl.zeros((), DT)
     c = tl.zeros((), DT)
     for start in range(lo, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, hi, DT)
+        z = load_row(z_ptr, base, cols, s_k, hi, h_ptr, SOFTCAP, DT)
         bm, bs, bd, bc = stats1_block(z)
         m, s, d, c = merge_stats1(m, s, d, c, bm, bs, bd, bc)
     return m, s, d, c
@@ -99,8 +105,8 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, DT: tl.conste
 
 @triton.jit
 def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
-                  PASSIVE: tl.constexpr, EXACT: tl.constexpr, BLOCK_K: tl.constexpr,
-                  DT: tl.constexpr):
+                  PASSIVE: tl.constexpr, EXACT: tl.constexpr, SOFTCAP: tl.constexpr,
+                  BLOCK_K: tl.constexpr, DT: tl.constexpr):
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
     B1 = tl.zeros((), DT)
@@ -108,7 +114,7 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
     BC = tl.zeros((), DT)
     for start in range(lo, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, hi, DT)
+        z = load_row(z_ptr, base, cols, s_k, hi, h_ptr, SOFTCAP, DT)
         a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
         A1 += tl.sum(a1, 0)
         EA += tl.sum(ea, 0)
@@ -119,36 +125,43 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
 
 
 @triton.jit
-def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b):
-    """scale * (c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j); exactly 0 on ignored rows.
+def _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                  SOFTCAP: tl.constexpr):
+    """scale * (c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j) (times the cap's derivative at
+    the capped logits z with SOFTCAP); exactly 0 on ignored rows.
 
     c2 = c2a + c2b is applied per term, so that a term whose p- and e-parts nearly
     cancel (RCE on a confident wrong class) does so before the other term is added.
     """
     g = tl.where(cols == y, c1, 0.0) + (c2a * p + c3a * ea) + (c2b * p + c3b * eb)
+    if SOFTCAP:
+        g = softcap_grad(g, z, h_ptr)
     return tl.where(valid, g * scale, 0.0)
 
 
 @triton.jit
 def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                EXACT: tl.constexpr, BLOCK_K: tl.constexpr, DT: tl.constexpr):
+                EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
+                DT: tl.constexpr):
     for start in range(lo, hi, BLOCK_K):
         cols = start + tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, hi, DT)
+        z = load_row(z_ptr, base, cols, s_k, hi, h_ptr, SOFTCAP, DT)
         a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
-        g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b)
+        g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                          SOFTCAP)
         tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
                  g.to(g_ptr.dtype.element_ty), mask=cols < hi)
 
 
 @triton.jit
-def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
                     K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ROWS,
                     ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                     SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PERSISTENT: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
+                    PERSISTENT: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
+                    VEC: tl.constexpr, DT: tl.constexpr):
     """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
     fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
     streamed at once, hence the bytes the streaming path's re-reads need to find in L2
@@ -160,30 +173,32 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
     if PERSISTENT:
         grid = tl.num_programs(0)
         for i in range(0, tl.cdiv(ROWS - tl.program_id(0), grid)):
-            _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, K, D,
-                     s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
-                     HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, DT)
+            _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+                     lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE,
+                     EXACT, HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP,
+                     STORE_LSE, VEC, DT)
     else:
-        _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr,
-                 g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
-                 HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, DT)
+        _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr, K, D, s_n,
+                 s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT, HAS_WEIGHT, MEAN,
+                 COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP, STORE_LSE, VEC, DT)
 
 
 @triton.jit
-def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
              ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
              HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
              SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-             VEC: tl.constexpr, DT: tl.constexpr):
+             SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr, VEC: tl.constexpr,
+             DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
-                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
-                                               False, VEC, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row, D,
+                                               s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
+                                               False, SOFTCAP, VEC, DT)
     gbase = _row_base(row, D, g_n, g_d, VEC)
     if SINGLE:
         cols = tl.arange(0, BLOCK_K)
-        z = load_row(z_ptr, base, cols, s_k, K, DT)
+        z = load_row(z_ptr, base, cols, s_k, K, h_ptr, SOFTCAP, DT)
         m, s, d, c = stats1_block(z)
         log_s = tl.log(s)
         a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
@@ -191,11 +206,12 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
-            g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b)
+            g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                              SOFTCAP)
             tl.store(g_ptr + gbase + cols.to(tl.int64) * g_k,
                      g.to(g_ptr.dtype.element_ty), mask=cols < K)
     else:
-        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, BLOCK_K, DT)
+        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, DT)
         log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
@@ -204,13 +220,16 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         BC = tl.zeros((), DT)
         if NEEDS2:
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
-                                               ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                                               ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT)
         if COMPUTE_GRAD:
             _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
-                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
+                        DT)
     tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+    if STORE_LSE:
+        tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
 
 
 # ---------------------------------------------------------------- split rows
@@ -234,15 +253,17 @@ def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
-                        BLOCK_K: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
+def split_stats1_kernel(z_ptr, h_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
+                        SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr,
+                        DT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     P = tl.num_programs(1)
     K = _aligned(K, VEC)
     base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
-    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, DT)
+    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), h_ptr, SOFTCAP,
+                               BLOCK_K, DT)
     ptr = part_ptr + (row * P + pid) * S1
     tl.store(ptr, m)
     tl.store(ptr + 1, s)
@@ -253,8 +274,8 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
 @triton.jit
 def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_k, s_d, CHUNK,
                         NPART1, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                        EXACT: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr,
-                        VEC: tl.constexpr, DT: tl.constexpr):
+                        EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
+                        P_BLOCK: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
     """stats2 partials of chunk pid; the row's NPART1 stats1 partials are combined first
     (NPART1 = number of chunks, or of ranks for class-parallel shards)."""
     row = tl.program_id(0).to(tl.int64)
@@ -267,7 +288,8 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
     log_s = tl.log(s)
     lo = pid * CHUNK
     A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), y, m,
-                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
+                                       DT)
     ptr = part2_ptr + (row * P + pid) * S2
     tl.store(ptr, A1)
     tl.store(ptr + 1, EA)
@@ -278,10 +300,11 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
 
 @triton.jit
 def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, part2_ptr,
-                        loss_ptr, g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, CHUNK,
-                        NPART1, NPART2, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                        EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
-                        SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr, NEEDS2: tl.constexpr,
+                        loss_ptr, g_ptr, lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d,
+                        ignore_index, CHUNK, NPART1, NPART2, ACTIVE: tl.constexpr,
+                        PASSIVE: tl.constexpr, EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        MEAN: tl.constexpr, SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                        NEEDS2: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
                         BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, VEC: tl.constexpr,
                         DT: tl.constexpr):
     """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
@@ -289,9 +312,9 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     K = _aligned(K, VEC)
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n,
-                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
-                                               SHARDED, VEC, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row,
+                                               D, s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT,
+                                               MEAN, SHARDED, SOFTCAP, VEC, DT)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
@@ -310,9 +333,12 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
                                         ACTIVE, PASSIVE, EXACT)
     if pid == 0:
         tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+        if STORE_LSE:
+            tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
     if COMPUTE_GRAD:
         gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
         _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m,
                     log_s, valid,
-                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, DT)
+                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
+                    DT)
