@@ -255,10 +255,8 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
     if name not in R.LOSSES:
         raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
     from .functional import check_options
-    z_loss, cap, label_smoothing = check_options(f"linear_{name}", z_loss, logit_softcap,
-                                                 label_smoothing, False)
-    if label_smoothing and name != "ce":
-        raise TypeError(f"linear_{name}: label_smoothing is an option of ce only")
+    z_loss, cap, label_smoothing = check_options(name, z_loss, logit_softcap, label_smoothing,
+                                                 False)
     spec = R.spec_of("ce:ls") if label_smoothing else R.LOSSES[name]
     h = R.resolve_hyper(spec, dict(hyper, label_smoothing=label_smoothing)
                         if label_smoothing else hyper)

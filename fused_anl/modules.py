@@ -35,7 +35,7 @@ class FusedLoss(torch.nn.Module):
         # the options of every loss (fused_anl/functional.py), and CE's label smoothing;
         # kept when not at their defaults
         label_smoothing = hyper.pop("label_smoothing", 0.0) if self.loss_name == "ce" else 0.0
-        check_options(type(self).__name__, z_loss, logit_softcap, label_smoothing, False)
+        check_options(self.loss_name, z_loss, logit_softcap, label_smoothing, False)
         if self.loss_name in R.BATCH_LOSSES and (z_loss or logit_softcap is not None):
             raise ValueError(f"{type(self).__name__}: z_loss and logit_softcap are not "
                              "available for a loss with a batch term")
