@@ -158,3 +158,25 @@ def test_rows_the_checks_refuse_on_cpu(dtype, compute_grad, general_path):
     if compute_grad:
         assert torch.isnan(fast[1][bad]).all()
         assert torch.all(fast[1][[7, 8]] == 0)
+
+
+def test_backward_gets_no_zero_filled_gradient(monkeypatch):
+    """The stored-gradient output of the fused loss's autograd function is never
+    differentiated: autograd must not fill an N x K zero tensor for it in backward
+    (that doubled the peak memory of fwd+bwd)."""
+    from fused_anl import functional
+    seen = []
+    real = functional._FusedLoss.backward
+
+    def spy(ctx, grad_out, grad_stored):
+        seen.append(grad_stored)
+        return real(ctx, grad_out, grad_stored)
+
+    monkeypatch.setattr(functional._FusedLoss, "backward", staticmethod(spy))
+    z, t = edge_case_batch(6, 5)
+    z.requires_grad_(True)
+    for name in ("ce", "anl_ce"):
+        z.grad = None
+        getattr(fused_anl, name)(z, t, backend="torch").backward()
+        assert z.grad is not None
+    assert seen == [None, None]
