@@ -9,10 +9,11 @@ Per chunk the log-probabilities come from one ``torch.log_softmax`` written stra
 into the gradient rows (when they are float32/float64 and contiguous), the
 probabilities from an in-place ``exp_``, and the gradient
 ``c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` from one ``addcmul`` per term, with the
-row scale (class weight / mean denominator) folded into the row coefficients. So a
-cross entropy costs three passes over a cache-resident chunk, and the other losses a
-few more: few, large ops, which matters on a CPU shared with other work (every op
-is a parallel region).
+row scale (class weight / mean denominator) folded into the row coefficients: a few
+passes over a cache-resident chunk per loss. Few, large ops, which matters on a CPU
+shared with other work (every op is a parallel region). Plain cross entropy has its own
+routine, :func:`_ce_rows` (one ``torch.softmax`` into the gradient rows and one in-place
+multiply by the row scale), with the same rows, gradient and non-finite rule.
 
 Non-finite logits: ``-inf`` is an absent class (docs/semantics.md). A NaN or ``+inf`` anywhere in a
 row makes ``log_softmax`` of that row NaN everywhere; :func:`_poison` (the one place,
