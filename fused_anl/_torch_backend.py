@@ -9,10 +9,11 @@ Per chunk the log-probabilities come from one ``torch.log_softmax`` written stra
 into the gradient rows (when they are float32/float64 and contiguous), the
 probabilities from an in-place ``exp_``, and the gradient
 ``c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` from one ``addcmul`` per term, with the
-row scale (class weight / mean denominator) folded into the row coefficients. So a
-cross entropy costs three passes over a cache-resident chunk, and the other losses a
-few more: few, large ops, which matters on a CPU shared with other work (every op
-is a parallel region).
+row scale (class weight / mean denominator) folded into the row coefficients: a few
+passes over a cache-resident chunk per loss. Few, large ops, which matters on a CPU
+shared with other work (every op is a parallel region). Plain cross entropy has its own
+routine, :func:`_ce_rows` (one ``torch.softmax`` into the gradient rows and one in-place
+multiply by the row scale), with the same rows, gradient and non-finite rule.
 
 Non-finite logits: ``-inf`` is an absent class (docs/semantics.md). A NaN or ``+inf`` anywhere in a
 row makes ``log_softmax`` of that row NaN everywhere; :func:`_poison` (the one place,
@@ -27,6 +28,7 @@ import torch
 from . import _torch_terms as _U
 from .kernels import _codes as _C
 from ._checks import compute_dtype
+from .kernels._codes import A_CE, P_NONE
 
 # Elements (rows x K) per chunk: 2^22 float32 = 16 MiB per buffer, a few buffers of
 # temporaries per call however large N x K is. Measured on the 2-core development machine
@@ -287,6 +289,14 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
             if scratch is None:
                 scratch = torch.empty((min(n * d, step * d), k), dtype=cdt, device=dev)
             G = scratch[:rows]
+        if active == A_CE and passive == P_NONE and not cap and not hv.get("z_loss", 0.0):
+            # plain cross entropy (no option that changes its rows): its own routine
+            lr, g = _ce_rows(z, G, ys, in_range, valid, zy, w, inv_den, hv["alpha"],
+                             compute_grad)
+            loss[n0 * d:n1 * d] = lr
+            if compute_grad and not direct:
+                grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
+            continue
         L = torch.log_softmax(z, 1, out=G)
         S, c, present = _chunk_stats(z, L, active, passive)
         ly = L.gather(1, ys[:, None])[:, 0]
@@ -302,6 +312,47 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
         if compute_grad and not direct:
             grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
     return loss, grad
+
+
+def _ce_rows(z, G, ys, in_range, valid, zy, w, inv_den, alpha, compute_grad):
+    """Plain cross entropy on a chunk: (loss rows, scaled gradient rows written into ``G``).
+
+    The same rows and the same gradient as the general path (``_rows`` with the CE
+    epilogue: c1 = -alpha, c2 = alpha, then :func:`_poison`), in fewer passes over the
+    chunk: one ``torch.softmax`` written straight into ``G`` (the probabilities, more
+    accurate than ``exp(log_softmax)``), one in-place multiply by the row scale, and a
+    scatter of ``-scale`` on the label column. The label's log-probability is
+    ``log(p_y)``, as accurate as ``z_y - lse`` wherever ``p_y`` is a normal float; the
+    rare rows where it is not (``p_y`` below the dtype's smallest normal: underflow, an
+    absent label class) take ``log_softmax`` of those rows alone. A NaN or ``+inf``
+    logit, or a row with no present class, makes the whole softmax row NaN, as it makes
+    the whole ``log_softmax`` row NaN: :func:`_poison` reads the same first column.
+    """
+    P = torch.softmax(z, 1, out=G)
+    bad_row = _bad_rows(P)
+    col = ys[:, None]
+    py = P.gather(1, col)[:, 0]
+    ly = torch.log(py)
+    low = py < torch.finfo(P.dtype).tiny  # False for NaN
+    if bool(low.any()):
+        r = low.nonzero()[:, 0]
+        ly[r] = torch.log_softmax(z[r], 1).gather(1, col[r])[:, 0]
+    ly = torch.where(in_range & (zy > _NEG_INF), ly, _NAN)
+    wy = w[ys] if w is not None else None
+    # the general path's loss: where(valid, (alpha * -ly + beta * 0) * wy, 0)
+    lr = (-ly) * alpha if alpha != 1.0 else -ly
+    if wy is not None:
+        lr = lr * wy
+    loss = torch.where(valid, lr, 0.0)
+    if not compute_grad:
+        return _poison(loss, None, bad_row, ly, valid), None
+    scale = wy if wy is not None else torch.ones_like(ly)
+    if inv_den is not None:
+        scale = scale * inv_den
+    s = torch.where(valid, alpha * scale, 0.0)  # c2 = alpha (an ignored row: 0)
+    P.mul_(s[:, None])
+    P.scatter_add_(1, col, torch.where(in_range, -s, 0.0)[:, None])  # c1 = -alpha
+    return _poison(loss, P, bad_row, ly, valid), P
 
 
 def _overlaps(a, b):

@@ -248,12 +248,17 @@ class _FusedLoss(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         logits, target, weight, call, dims, compute_grad = inputs
         ctx.mark_non_differentiable(output[1], output[2])
+        # no zero-filled N x K gradient for the stored-gradient output (which nothing
+        # differentiates): materialized, it doubled backward's peak memory
+        ctx.set_materialize_grads(False)
         _setup(ctx, logits, target, weight, call, dims)
         if compute_grad:
             ctx.save_for_backward(output[1])
 
     @staticmethod
     def backward(ctx, grad_out, _, __):
+        if grad_out is None:
+            return None, None, None, None, None, None
         _check_not_consumed(ctx)
         (grad,) = ctx.saved_tensors
         return _backward(ctx, grad, grad_out), None, None, None, None, None
