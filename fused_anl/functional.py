@@ -114,7 +114,8 @@ def mean_denominator(t, weight, ignore_index, k, dtype):
     if weight is None:
         w = keep.to(dtype)
     else:
-        w = torch.where(keep, weight.to(dtype)[t.long().clamp(0, k - 1)],
+        # the weight vector's own length: k is the local class count of a class shard
+        w = torch.where(keep, weight.to(dtype)[t.long().clamp(0, weight.shape[0] - 1)],
                         torch.zeros((), dtype=dtype, device=t.device))
     return w.sum().reshape(1)
 
