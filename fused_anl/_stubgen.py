@@ -71,6 +71,7 @@ def _function(spec) -> str:
 
 
 def _linear_function(spec) -> str:
+    from ._registry import BATCH_LOSSES
     params = (["hidden: Tensor", "weight: Tensor", "target: Tensor",
                "bias: Optional[Tensor] = None", "*"] + _hyper(spec)
               + ['reduction: str = "mean"', "ignore_index: int = -100",
@@ -78,7 +79,8 @@ def _linear_function(spec) -> str:
                  'backend: str = "auto"']
               + (["detach_focal_weight: bool = True"] if spec.focal else [])
               + ["process_group: Optional[Any] = None", "class_start: Optional[int] = None"]
-              + _OPTIONS + (_LS if spec.name == "ce" else []))
+              + ([] if spec.name in BATCH_LOSSES else _OPTIONS)
+              + (_LS if spec.name == "ce" else []))
     return f"def linear_{spec.name}({', '.join(params)}) -> Tensor: ...\n"
 
 
@@ -104,7 +106,7 @@ def render() -> str:
     parts = [_HEADER, "\n# fused losses: fused_anl.<name>(logits, target, ...)\n"]
     parts += [_function(s) for s in every]
     parts += ["\n# fused linear + loss: fused_anl.linear_<name>(hidden, weight, target, bias, ...)\n"]
-    parts += [_linear_function(s) for s in specs]
+    parts += [_linear_function(s) for s in every]
     parts += ["\n# nn.Module of every loss\n"]
     parts += [_module(s) for s in every]
     return "".join(parts)

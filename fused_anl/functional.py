@@ -558,8 +558,9 @@ def docstring(name: str) -> str:
     batch = ("\n    ``E`` is one number per batch (the non-ignored samples), added once to the "
              "``\"mean\"``\n    or ``\"sum\"`` result; ``\"none\"`` spreads ``lamb * E`` evenly "
              "over the counted\n    samples (their sum is the ``\"sum\"`` result). Class weights "
-             "weight the rows, not E.\n    Not available with ``inplace_backward`` nor in the "
-             "fused linear loss.\n") if name in R.BATCH_LOSSES else ""
+             "weight the rows, not E.\n    Not available with ``inplace_backward``, "
+             "``z_loss`` or ``logit_softcap``; its fused\n    linear form is "
+             "``fused_anl.linear_loss(\"anl_ce_er\", ...)``.\n") if name in R.BATCH_LOSSES else ""
     return (f"Fused {name}: per-sample loss ``{spec.doc}`` (the loss's definition: "
             f"docs/semantics.md).\n" + batch
             + _COMMON_ARGS.format(hyper=hyper, focal=focal, name=name))

@@ -252,12 +252,20 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
     ``z_loss``, ``logit_softcap`` and (``ce`` only) ``label_smoothing`` are those of the
     plain losses (``help(fused_anl.ce)``), applied to each chunk's logits in the same pass.
     """
-    if name not in R.LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
+    if name in R.BATCH_LOSSES:
+        return _linear_batch_loss(name, hidden, weight, target, bias, reduction=reduction,
+                                  ignore_index=ignore_index, class_weight=class_weight,
+                                  chunk_size=chunk_size, backend=backend,
+                                  process_group=process_group, class_start=class_start,
+                                  z_loss=z_loss, logit_softcap=logit_softcap,
+                                  label_smoothing=label_smoothing, **hyper)
+    if name not in R.LOSSES and name not in R.ROW_PARTS:
+        raise ValueError(f"unknown loss {name!r}; valid names: "
+                         f"{', '.join(sorted(list(R.LOSSES) + list(R.BATCH_LOSSES)))}")
     from .functional import check_options
     z_loss, cap, label_smoothing = check_options(name, z_loss, logit_softcap, label_smoothing,
                                                  False)
-    spec = R.spec_of("ce:ls") if label_smoothing else R.LOSSES[name]
+    spec = R.spec_of("ce:ls") if label_smoothing else R.spec_of(name)
     h = R.resolve_hyper(spec, dict(hyper, label_smoothing=label_smoothing)
                         if label_smoothing else hyper)
     h["z_loss"], h["logit_softcap"] = z_loss, cap
@@ -300,18 +308,56 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
     return _LinearLoss.apply(hidden, weight, bias, target.reshape(-1), class_weight, call, chunk)
 
 
+def _linear_batch_loss(name, hidden, weight, target, bias, *, reduction, ignore_index,
+                       class_weight, chunk_size, backend, process_group, class_start, z_loss,
+                       logit_softcap, label_smoothing, **hyper):
+    """A loss of R.BATCH_LOSSES (ANL-CE-ER) on ``hidden @ weight.T + bias``: its rows through
+    the fused linear row loss, plus ``lamb * E`` from fused_anl.batch_entropy's chunked
+    linear form (fused_anl/functional.py ``_batch_loss`` is the same on logits).
+
+    Cost beyond the rows: one more logits product in forward (the column sums need every
+    row's probabilities, and the rows' pass overwrites its logits with their gradient)
+    and, in backward, one logits product plus the two gradient products."""
+    from .batch_entropy import linear_batch_entropy
+    spec = R.BATCH_LOSSES[name]
+    h = R.resolve_hyper(spec, hyper)
+    if not 0.0 < h["p_min"] < 0.5:
+        raise ValueError(f"linear_{name}: p_min must lie in (0, 0.5), got {h['p_min']}")
+    if process_group is not None:
+        raise ValueError(f"linear_{name}: the fused linear form of a loss with a batch term is "
+                         "not class-parallel; use the plain loss on the logit shards")
+    if z_loss or logit_softcap is not None or label_smoothing:
+        raise ValueError(f"linear_{name}: z_loss, logit_softcap and label_smoothing are not "
+                         "available for a loss with a batch term")
+    rows = linear_loss(f"{name}:rows", hidden, weight, target, bias, reduction=reduction,
+                       ignore_index=ignore_index, class_weight=class_weight,
+                       chunk_size=chunk_size, backend=backend,
+                       **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
+    n, k = hidden.shape[0], weight.shape[0]
+    chunk = int(chunk_size) if chunk_size else choose_chunk(n, k, hidden.device,
+                                                            hidden.element_size())
+    E = linear_batch_entropy(hidden, weight, bias, target, p_min=h["p_min"],
+                             ignore_index=ignore_index, chunk_size=chunk)
+    if reduction == "none":
+        counted = (target.reshape(-1) != ignore_index).to(rows.dtype)
+        return rows + (h["lamb"] * E) * (counted / counted.sum().clamp_min(1.0))
+    return rows + h["lamb"] * E
+
+
 def _make(name):
     def fn(hidden, weight, target, bias=None, **kwargs):
         return linear_loss(name, hidden, weight, target, bias, **kwargs)
 
     import inspect
     P = inspect.Parameter
-    spec = R.LOSSES[name]
+    spec = R.spec_of(name)
     kw = dict(spec.hyper, reduction="mean", ignore_index=-100, class_weight=None,
               chunk_size=None, backend="auto")
     if spec.focal:
         kw["detach_focal_weight"] = True
-    kw.update(process_group=None, class_start=None, z_loss=0.0, logit_softcap=None)
+    kw.update(process_group=None, class_start=None)
+    if name not in R.BATCH_LOSSES:
+        kw.update(z_loss=0.0, logit_softcap=None)
     if name == "ce":
         kw["label_smoothing"] = 0.0
     fn.__signature__ = inspect.Signature(
@@ -334,17 +380,17 @@ class LinearLoss(torch.nn.Module):
     def __init__(self, name=None, **kwargs):
         super().__init__()
         self.name = name or self.loss_name
-        if self.name not in R.LOSSES:
+        if self.name not in R.LOSSES and self.name not in R.BATCH_LOSSES:
             raise ValueError(f"unknown loss {self.name!r}")
-        R.resolve_hyper(R.LOSSES[self.name], {k: v for k, v in kwargs.items()
-                                              if k in R.LOSSES[self.name].hyper})
+        R.resolve_hyper(R.spec_of(self.name), {k: v for k, v in kwargs.items()
+                                               if k in R.spec_of(self.name).hyper})
         self.kwargs = kwargs
 
     def forward(self, hidden, weight, target, bias=None):
         return linear_loss(self.name, hidden, weight, target, bias, **self.kwargs)
 
     def extra_repr(self):
-        spec = R.LOSSES[self.name]
+        spec = R.spec_of(self.name)
         hyper = dict(spec.hyper, **{k: v for k, v in self.kwargs.items() if k in spec.hyper})
         items = [f"loss={self.name!r}"] + [f"{k}={float(v):g}" for k, v in hyper.items()]
         for k, v in self.kwargs.items():
@@ -367,6 +413,6 @@ class LinearANLCELoss(LinearLoss):
 
 
 __all__ = ["linear_loss", "LinearLoss", "LinearANLCELoss"]
-for _name in R.LOSSES:
+for _name in R.public_names():
     globals()[f"linear_{_name}"] = _make(_name)
     __all__.append(f"linear_{_name}")
