@@ -198,7 +198,9 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
         z = softcap(z, logit_softcap)
     # a comparison, not one_hot (which reads the labels' values: not vmappable)
     y_onehot = torch.arange(k, device=z.device) == torch.where(keep, t, 0).clamp(0, k - 1)[:, None]
-    present = z > float("-inf")
+    # absent: -inf only; a NaN class is present (it poisons its row's sums, as in the
+    # kernels: a NaN or +inf logit makes the row NaN, docs/semantics.md)
+    present = z != float("-inf")
     l = torch.log_softmax(z, dim=1)
     p = l.exp()
     loss = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
