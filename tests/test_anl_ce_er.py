@@ -102,8 +102,9 @@ def test_module_preset_config_and_errors():
         fused_anl.anl_ce_er(z, t, p_min=0.5)
     with pytest.raises(TypeError, match="unexpected keyword"):
         fused_anl.anl_ce_er(z, t, gamma=0.5)
-    with pytest.raises(ValueError, match="unknown loss"):
-        fused_anl.linear_loss("anl_ce_er", z[:, :4], torch.randn(37, 4, dtype=z.dtype), t)
+    with pytest.raises(ValueError, match="p_min must lie in"):  # the fused linear form too
+        fused_anl.linear_loss("anl_ce_er", z[:, :4], torch.randn(37, 4, dtype=z.dtype), t,
+                              p_min=0.5)
 
 
 def test_double_backward_through_the_reference():
