@@ -68,7 +68,8 @@ class _Triton:
     def row_loss(self, z3, target, weight, constants, den, class_weights=None, **kw):
         from .kernels import launch
         return launch.row_loss(z3, target, weight, self._hyper(constants, z3, class_weights),
-                               den, softcap=constants[_C.H_SOFTCAP] != 0, **kw)
+                               den, softcap=constants[_C.H_SOFTCAP] != 0,
+                               z_loss=constants[_C.H_Z_LOSS] != 0, **kw)
 
     def shard_stats1(self, z3):
         from .kernels import launch
@@ -81,7 +82,7 @@ class _Triton:
     def shard_finish(self, z3, y_local, row_weight, zy, constants, den, parts1, parts2, **kw):
         from .kernels import launch
         return launch.shard_finish(z3, y_local, row_weight, zy, self._hyper(constants, z3), den,
-                                   parts1, parts2, **kw)
+                                   parts1, parts2, z_loss=constants[_C.H_Z_LOSS] != 0, **kw)
 
     def scale_(self, grad, grad_output):
         from .kernels import launch

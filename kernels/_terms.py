@@ -425,7 +425,7 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
 
 @triton.jit
 def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
-             PASSIVE: tl.constexpr, EXACT: tl.constexpr):
+             PASSIVE: tl.constexpr, EXACT: tl.constexpr, Z_LOSS: tl.constexpr = False):
     """Per-row loss, gradient coefficients (c1, c2a, c2b, c3a, c3b) and log s from the row sums."""
     log_s = tl.log(s)
     ly = (zy - m) - log_s
@@ -478,9 +478,9 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
     c2a = alpha * k2a + nan_row
     # z-loss, zl lse^2 (lse = m + log s; the LS term carries its label weight BC = w_y, so
     # the z-loss gets it too): d/dz_j = 2 zl lse p_j, a p-coefficient. A loss without it
-    # computes nothing (a branch, not a product: lse may be -inf).
-    zl = tl.load(h_ptr + H_Z_LOSS)
-    if zl != 0:
+    # computes nothing (a compile-time flag: a runtime branch here made ptxas spill).
+    if Z_LOSS:
+        zl = tl.load(h_ptr + H_Z_LOSS)
         lse = m + log_s
         zs = zl * z_loss_weight(BC, PASSIVE)
         L += zs * lse * lse

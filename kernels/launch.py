@@ -151,7 +151,8 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
 
 @_device_guard
 def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_index,
-             compute_grad, grad_dtype=None, out=None, lse_out=None, softcap=False):
+             compute_grad, grad_dtype=None, out=None, lse_out=None, softcap=False,
+             z_loss=False):
     """Per-row loss (compute dtype, weighted, 0 on ignored rows) and, if asked, the gradient.
 
     z3: (N, K, D) view of the logits (any strides); target: (N*D,) int32/int64;
@@ -163,7 +164,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     overwrites the logits: every program reads its row, or block, before writing it,
     and the split-row path, whose programs read each other's columns, is not used).
     ``lse_out``: an (N*D,) compute-dtype buffer for each row's lse (0 on ignored rows).
-    ``softcap``: the constants' H_SOFTCAP is set (the logits are capped as they are read).
+    ``softcap``, ``z_loss``: the constants' H_SOFTCAP / H_Z_LOSS are set (compile-time
+    flags: the logits are capped as they are read; the epilogue adds the z-loss).
     """
     n, k, d = z3.shape
     rows = n * d
@@ -178,7 +180,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     pl = plan(rows, k, inplace=out is not None and out.data_ptr() == z3.data_ptr(),
               sms=sm_count(z3.device))
     loss_args = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3),
-                     VEC=row_vec(z3, grad), SOFTCAP=bool(softcap))
+                     VEC=row_vec(z3, grad), SOFTCAP=bool(softcap), Z_LOSS=bool(z_loss))
     if pl.path in ("single", "stream"):
         row_loss_kernel[(pl.grid or rows,)](
             **_logits(z3), **_labels(target, weight, den, hyper, ignore_index),
@@ -248,7 +250,7 @@ def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact, s
 
 def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, *,
             ignore_index, sharded, compute_grad, ACTIVE, PASSIVE, EXACT, DT, VEC,
-            SOFTCAP=False, lse_out=None):
+            SOFTCAP=False, Z_LOSS=False, lse_out=None):
     """Launch 3: the loss (chunk 0 of each row) and each chunk's gradient columns."""
     n, k, d = z3.shape
     split_finish_kernel[(n * d, pl.chunks if compute_grad else 1)](
@@ -258,8 +260,8 @@ def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, 
         SHARDED=sharded, COMPUTE_GRAD=compute_grad,
         NEEDS2=needs_stats2(ACTIVE, PASSIVE), BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])),
-        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, SOFTCAP=SOFTCAP, DT=DT, VEC=VEC,
-        num_warps=pl.num_warps)
+        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, SOFTCAP=SOFTCAP, Z_LOSS=Z_LOSS, DT=DT,
+        VEC=VEC, num_warps=pl.num_warps)
 
 
 # ------------------------------------------------ class-parallel shards (no communication here)
@@ -289,7 +291,7 @@ def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
 
 @_device_guard
 def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, active, passive,
-                 exact, ignore_index, compute_grad):
+                 exact, ignore_index, compute_grad, z_loss=False):
     """Per-row loss and this shard's gradient columns from the combined statistics."""
     n, k, d = z3.shape
     loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
@@ -298,7 +300,7 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
         _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad,
                 plan(n * d, k, shard=True), ignore_index=ignore_index, sharded=True,
                 compute_grad=compute_grad, ACTIVE=active, PASSIVE=passive, EXACT=exact,
-                DT=_dt(z3), VEC=row_vec(z3, grad))
+                DT=_dt(z3), VEC=row_vec(z3, grad), Z_LOSS=bool(z_loss))
     return loss, grad
 
 

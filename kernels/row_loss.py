@@ -161,7 +161,7 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
                     HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                     SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
                     PERSISTENT: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
-                    VEC: tl.constexpr, DT: tl.constexpr):
+                    Z_LOSS: tl.constexpr, VEC: tl.constexpr, DT: tl.constexpr):
     """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
     fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
     streamed at once, hence the bytes the streaming path's re-reads need to find in L2
@@ -176,11 +176,11 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
             _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                      lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE,
                      EXACT, HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP,
-                     STORE_LSE, VEC, DT)
+                     STORE_LSE, Z_LOSS, VEC, DT)
     else:
         _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr, K, D, s_n,
                  s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT, HAS_WEIGHT, MEAN,
-                 COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP, STORE_LSE, VEC, DT)
+                 COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP, STORE_LSE, Z_LOSS, VEC, DT)
 
 
 @triton.jit
@@ -189,8 +189,8 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
              HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
              SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-             SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr, VEC: tl.constexpr,
-             DT: tl.constexpr):
+             SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr, Z_LOSS: tl.constexpr,
+             VEC: tl.constexpr, DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
     base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row, D,
                                                s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
@@ -204,7 +204,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         a1, ea, b1, eb, bc, p = elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
-                                            ACTIVE, PASSIVE, EXACT)
+                                            ACTIVE, PASSIVE, EXACT, Z_LOSS)
         if COMPUTE_GRAD:
             g = _grad_combine(cols, y, p, ea, eb, valid, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
                               SOFTCAP)
@@ -222,7 +222,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
                                                ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
-                                            ACTIVE, PASSIVE, EXACT)
+                                            ACTIVE, PASSIVE, EXACT, Z_LOSS)
         if COMPUTE_GRAD:
             _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
                         c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
@@ -305,8 +305,8 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
                         PASSIVE: tl.constexpr, EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
                         MEAN: tl.constexpr, SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                         NEEDS2: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
-                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, VEC: tl.constexpr,
-                        DT: tl.constexpr):
+                        Z_LOSS: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr,
+                        VEC: tl.constexpr, DT: tl.constexpr):
     """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
     row's NPART1 stats1 and NPART2 stats2 partials."""
     row = tl.program_id(0).to(tl.int64)
@@ -330,7 +330,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
         EB = tl.sum(tl.load(ptr + 3, mask=i < NPART2, other=0.0), 0)
         BC = tl.sum(tl.load(ptr + 4, mask=i < NPART2, other=0.0), 0)
     L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
-                                        ACTIVE, PASSIVE, EXACT)
+                                        ACTIVE, PASSIVE, EXACT, Z_LOSS)
     if pid == 0:
         tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
         if STORE_LSE:
