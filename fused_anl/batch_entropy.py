@@ -150,9 +150,14 @@ def _column_sums(z3, valid, ms, s, p_min, cdt, step):
         r = slice(n0 * d, n1 * d)
         if not have_stats:
             ms[r], s[r] = _chunk_stats(z)
-        P = _probs(z, ms[r], s[r]).clamp_(p_min, 1.0 - p_min)
-        C += P.masked_fill_(valid[r].logical_not()[:, None], 0.0).sum(0)
+        C += _chunk_column_sums(z, ms[r], s[r], valid[r], p_min)
     return C, ms, s
+
+
+def _chunk_column_sums(z, ms, s, valid, p_min):
+    """One chunk's column sums of the clamped probabilities of its valid rows."""
+    P = _probs(z, ms, s).clamp_(p_min, 1.0 - p_min)
+    return P.masked_fill_(valid.logical_not()[:, None], 0.0).sum(0)
 
 
 def _gradient_rows(z, ms, s, valid, G, p_min):
@@ -165,11 +170,15 @@ def _gradient_rows(z, ms, s, valid, G, p_min):
     return W, p, (W * p).sum(1)
 
 
-def _write_grad(grad, n0, n1, d, k, W, p, R, valid):
-    """``p (W - R)`` (softmax's backward), ignored rows exactly 0, into ``grad``."""
+def _logit_grad(W, p, R, valid):
+    """``p (W - R)`` (softmax's backward) of a chunk, in place of W; ignored rows exactly 0."""
     g = W.sub_(R[:, None]).mul_(p)
-    g.masked_fill_(valid.logical_not()[:, None], 0.0)  # ignored rows: exactly 0, even if NaN
-    grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
+    return g.masked_fill_(valid.logical_not()[:, None], 0.0)  # exactly 0, even if NaN
+
+
+def _write_grad(grad, n0, n1, d, k, W, p, R, valid):
+    """:func:`_logit_grad` into the rows ``n0:n1`` of ``grad``."""
+    grad[n0:n1] = _logit_grad(W, p, R, valid).reshape(n1 - n0, d, k).permute(0, 2, 1)
 
 
 class _BatchEntropy(torch.autograd.Function):
@@ -373,8 +382,7 @@ class _LinearBatchEntropy(torch.autograd.Function):
             b = min(n, a + chunk)
             z = _linear_logits(hidden, weight, bias, a, b, cdt)
             ms[a:b], s[a:b] = _chunk_stats(z)
-            P = _probs(z, ms[a:b], s[a:b]).clamp_(p_min, 1.0 - p_min)
-            C += P.masked_fill_(valid[a:b].logical_not()[:, None], 0.0).sum(0)
+            C += _chunk_column_sums(z, ms[a:b], s[a:b], valid[a:b], p_min)
         T = C.sum()
         u, g, qlogq, ug = _shares(C, T, p_min)
         E, G = _class_step(C, T, qlogq, ug, g, math.log(k))
@@ -398,8 +406,7 @@ class _LinearBatchEntropy(torch.autograd.Function):
             b = min(n, a + ctx.chunk)
             z = _linear_logits(hidden, weight, bias, a, b, cdt)
             W, p, R = _gradient_rows(z, ms[a:b], s[a:b], valid[a:b], Gs, ctx.p_min)
-            dz = W.sub_(R[:, None]).mul_(p)
-            dz.masked_fill_(valid[a:b].logical_not()[:, None], 0.0)  # ignored rows: exactly 0
+            dz = _logit_grad(W, p, R, valid[a:b])
             if gh is not None:
                 gh[a:b] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
             if gw is not None:

@@ -331,9 +331,9 @@ def check_options(name, z_loss, logit_softcap, label_smoothing, return_lse):
     label_smoothing = number("label_smoothing", label_smoothing)
     if label_smoothing and name != "ce":
         raise TypeError(f"{name}: label_smoothing is an option of ce only (as in "
-                        "F.cross_entropy); got label_smoothing={label_smoothing}")
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"{name}: label_smoothing must lie in [0, 1], got {label_smoothing}")
+                        f"F.cross_entropy); got label_smoothing={label_smoothing}")
+    if label_smoothing:  # its range: the ls term's own check (kernels/_codes.py TERMS)
+        R.resolve_hyper(R.spec_of("ce:ls"), {"label_smoothing": label_smoothing})
     if not isinstance(return_lse, bool):
         raise TypeError(f"{name}: return_lse must be a bool, got {return_lse!r}")
     return z_loss, cap, label_smoothing
@@ -431,11 +431,7 @@ def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backen
     fused_anl/batch_entropy.py), and its gradient is added to the rows' by autograd.
     """
     from .batch_entropy import batch_entropy
-    spec = R.BATCH_LOSSES[name]
-    h = R.resolve_hyper(spec, hyper)
-    if not 0.0 < h["p_min"] < 0.5:
-        raise ValueError(f"{name}: p_min must lie in (0, 0.5) (probabilities are clamped to "
-                         f"[p_min, 1 - p_min]), got {h['p_min']}")
+    h = batch_hyper(name, hyper)
     if inplace_backward:
         raise ValueError(f"{name}: inplace_backward=True is not supported: the batch term "
                          "reads the logits after the row loss would have overwritten them")
@@ -451,10 +447,25 @@ def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backen
                         **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
     E = batch_entropy(logits, target, p_min=h["p_min"], ignore_index=ignore_index,
                       process_group=process_group, class_start=class_start)
+    return add_batch_term(rows, h["lamb"] * E, target, ignore_index, reduction)
+
+
+def batch_hyper(name, hyper):
+    """The resolved hyperparameters of a loss of R.BATCH_LOSSES, p_min checked."""
+    h = R.resolve_hyper(R.BATCH_LOSSES[name], hyper)
+    if not 0.0 < h["p_min"] < 0.5:
+        raise ValueError(f"{name}: p_min must lie in (0, 0.5) (probabilities are clamped to "
+                         f"[p_min, 1 - p_min]), got {h['p_min']}")
+    return h
+
+
+def add_batch_term(rows, term, target, ignore_index, reduction):
+    """``rows`` (the reduced row loss, or per sample for "none") plus a batch term added
+    once: "none" spreads it evenly over the counted samples, so they sum to "sum"."""
     if reduction == "none":
-        counted = (target != ignore_index).to(rows.dtype)
-        return rows + (h["lamb"] * E) * (counted / counted.sum().clamp_min(1.0))
-    return rows + h["lamb"] * E
+        counted = (target.reshape(rows.shape) != ignore_index).to(rows.dtype)
+        return rows + term * (counted / counted.sum().clamp_min(1.0))
+    return rows + term
 
 
 def _check_sharded(name, logits, target, weight, reduction, ignore_index, group, class_start):

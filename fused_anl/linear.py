@@ -319,10 +319,8 @@ def _linear_batch_loss(name, hidden, weight, target, bias, *, reduction, ignore_
     row's probabilities, and the rows' pass overwrites its logits with their gradient)
     and, in backward, one logits product plus the two gradient products."""
     from .batch_entropy import linear_batch_entropy
-    spec = R.BATCH_LOSSES[name]
-    h = R.resolve_hyper(spec, hyper)
-    if not 0.0 < h["p_min"] < 0.5:
-        raise ValueError(f"linear_{name}: p_min must lie in (0, 0.5), got {h['p_min']}")
+    from .functional import add_batch_term, batch_hyper
+    h = batch_hyper(name, hyper)
     if process_group is not None:
         raise ValueError(f"linear_{name}: the fused linear form of a loss with a batch term is "
                          "not class-parallel; use the plain loss on the logit shards")
@@ -338,10 +336,7 @@ def _linear_batch_loss(name, hidden, weight, target, bias, *, reduction, ignore_
                                                             hidden.element_size())
     E = linear_batch_entropy(hidden, weight, bias, target, p_min=h["p_min"],
                              ignore_index=ignore_index, chunk_size=chunk)
-    if reduction == "none":
-        counted = (target.reshape(-1) != ignore_index).to(rows.dtype)
-        return rows + (h["lamb"] * E) * (counted / counted.sum().clamp_min(1.0))
-    return rows + h["lamb"] * E
+    return add_batch_term(rows, h["lamb"] * E, target, ignore_index, reduction)
 
 
 def _make(name):
