@@ -250,10 +250,13 @@ def _hyper(dtype):
 
 
 def compile_case(loss: str, dtype, rows: int, k: int, *, grad=True, arch=90, weight=False,
-                 exact=False, sharded=False, d=1, config=None, profile=False) -> list[dict]:
+                 exact=False, sharded=False, d=1, config=None, profile=False, softcap=False,
+                 lse=False, z_loss=False) -> list[dict]:
     """Compile what one call of the loss on (rows, k) logits of ``dtype`` launches
-    (``config``: LaunchConfig overrides)."""
-    spec = LOSSES[loss]
+    (``config``: LaunchConfig overrides; ``loss`` may be a variant such as ``ce:ls``, CE
+    with label smoothing; ``softcap``/``lse``: the logit soft cap and the lse output)."""
+    from fused_anl._registry import spec_of
+    spec = spec_of(loss)
     z3 = torch.empty((rows, k, d), dtype=dtype)
     t = torch.zeros(rows * d, dtype=torch.int64)
     h = _hyper(dtype)
@@ -270,7 +273,9 @@ def compile_case(loss: str, dtype, rows: int, k: int, *, grad=True, arch=90, wei
                                 compute_grad=grad, **kw)
         else:
             launch.row_loss(z3, t, torch.ones(k, dtype=cd) if weight else None, h,
-                            torch.ones(1, dtype=cd), ignore_index=-100, compute_grad=grad, **kw)
+                            torch.ones(1, dtype=cd), ignore_index=-100, compute_grad=grad,
+                            softcap=softcap, z_loss=z_loss,
+                            lse_out=torch.empty(rows * d, dtype=cd) if lse else None, **kw)
     out = []
     for kernel, kwargs, grid in compiled:
         r = resources(kernel, arch, profile)
@@ -316,6 +321,19 @@ def cases(quick: bool):
         out.append((loss, torch.bfloat16, 4096, 4 * c.block_k,
                     dict(config=dict(programs_per_sm=2))))
     out.append(("anl_ce", torch.float64, 64, 4 * c.block_k, {}))  # gradcheck dtype: compiles
+    # the options: CE with label smoothing and the z-loss, and the soft cap with the lse
+    # output, on every path
+    # (--quick: CE with label smoothing on one block and split rows, ANL-CE capped on all)
+    for loss, opt in (("ce:ls", dict(z_loss=True)),
+                      ("anl_ce", dict(softcap=True, lse=True, z_loss=True)),
+                      ("ce", dict(softcap=True, lse=True))):
+        if quick and loss == "ce":
+            continue
+        for dt in (torch.bfloat16,) if quick else (torch.bfloat16, torch.float32):
+            out.append((loss, dt, 4096, single_k, opt))
+            if not quick or loss != "ce:ls":
+                out.append((loss, dt, 4096, 4 * c.block_k, opt))
+            out.append((loss, dt, *split, opt))
     return out
 
 

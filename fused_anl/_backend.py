@@ -26,6 +26,7 @@ from typing import Optional, Protocol, Sequence, Tuple
 import torch
 
 from . import _hyper
+from .kernels import _codes as _C
 from . import _torch_backend as _T
 from ._checks import compute_dtype
 
@@ -38,7 +39,8 @@ class Backend(Protocol):
     def row_loss(self, z3: Tensor, target: Tensor, weight: Optional[Tensor],
                  constants: Sequence[float], den: Optional[Tensor], *, active: int, passive: int,
                  exact: bool, ignore_index: int, compute_grad: bool,
-                 out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]: ...
+                 out: Optional[Tensor] = None, lse_out: Optional[Tensor] = None,
+                 class_weights: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]: ...
 
     def shard_stats1(self, z3: Tensor) -> Tensor: ...
 
@@ -57,12 +59,17 @@ class _Triton:
     name = "triton"
 
     @staticmethod
-    def _hyper(constants, z):
-        return _hyper.device_tensor(tuple(constants), str(z.device), compute_dtype(z.dtype))
+    def _hyper(constants, z, class_weights=None):
+        h = _hyper.device_tensor(tuple(constants), str(z.device), compute_dtype(z.dtype))
+        if class_weights is not None:  # read per element by the ls term (kernels/_codes.py)
+            h = torch.cat([h, class_weights.to(h.dtype)])
+        return h
 
-    def row_loss(self, z3, target, weight, constants, den, **kw):
+    def row_loss(self, z3, target, weight, constants, den, class_weights=None, **kw):
         from .kernels import launch
-        return launch.row_loss(z3, target, weight, self._hyper(constants, z3), den, **kw)
+        return launch.row_loss(z3, target, weight, self._hyper(constants, z3, class_weights),
+                               den, softcap=constants[_C.H_SOFTCAP] != 0,
+                               z_loss=constants[_C.H_Z_LOSS] != 0, **kw)
 
     def shard_stats1(self, z3):
         from .kernels import launch
@@ -75,7 +82,7 @@ class _Triton:
     def shard_finish(self, z3, y_local, row_weight, zy, constants, den, parts1, parts2, **kw):
         from .kernels import launch
         return launch.shard_finish(z3, y_local, row_weight, zy, self._hyper(constants, z3), den,
-                                   parts1, parts2, **kw)
+                                   parts1, parts2, z_loss=constants[_C.H_Z_LOSS] != 0, **kw)
 
     def scale_(self, grad, grad_output):
         from .kernels import launch
@@ -87,8 +94,11 @@ class _Triton:
 class _Torch:
     name = "torch"
 
-    def row_loss(self, z3, target, weight, constants, den, **kw):
-        return _T.row_loss(z3, target, weight, _hyper.by_name(constants), den, **kw)
+    def row_loss(self, z3, target, weight, constants, den, class_weights=None, **kw):
+        hv = _hyper.by_name(constants)
+        if class_weights is not None:
+            hv["ls_weight"] = class_weights.to(compute_dtype(z3.dtype))
+        return _T.row_loss(z3, target, weight, hv, den, **kw)
 
     def shard_stats1(self, z3):
         return _T.shard_stats1(z3)

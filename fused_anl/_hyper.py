@@ -41,4 +41,6 @@ def by_name(values) -> dict:
     return dict(alpha=values[C.H_ALPHA], beta=values[C.H_BETA], gamma=values[C.H_GAMMA],
                 q=values[C.H_Q], a=values[C.H_A], log_pmin=values[C.H_LOG_PMIN],
                 A_nnce=values[C.H_A_NNCE], A_nnfl=values[C.H_A_NNFL], C_pass=values[C.H_C_PASS],
-                rce_a=values[C.H_RCE_A], p_floor=values[C.H_P_FLOOR])
+                rce_a=values[C.H_RCE_A], p_floor=values[C.H_P_FLOOR], z_loss=values[C.H_Z_LOSS],
+                softcap=values[C.H_SOFTCAP], label_smoothing=values[C.H_LS],
+                ls_weighted=values[C.H_LS_WEIGHTED])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from .kernels._codes import (  # noqa: F401  (term codes and facts shared with the kernels)
     A_CE, A_FL, A_NCE, A_NFL, A_NONE, ACTIVE_TERMS, HYPERS, P_AEL, P_AGCE, P_AMSE, P_AUL, P_FLOOR,
-    P_GCE, P_MAE, P_NNCE, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS,
+    P_GCE, P_LS, P_MAE, P_NNCE, P_NNFL, P_NONE, P_RCE, PASSIVE_TERMS, RCE_A, TERMS,
     terms_of,
 )
 
@@ -111,9 +111,19 @@ ROW_PARTS = {
 }
 
 
+# What a loss call becomes with an option that changes its terms: ``ce`` with
+# ``label_smoothing > 0`` is the ``ls`` term (its label part carries the class weight
+# itself, so that the smoothing part is not weighted by the label's weight, as in
+# F.cross_entropy).
+VARIANTS = {
+    "ce:ls": LossSpec("ce:ls", A_NONE, P_LS, {"label_smoothing": 0.0},
+                      "-(1 - eps) w_y log p_y - (eps / K) sum_k w_k log p_k", ""),
+}
+
+
 def spec_of(name: str) -> LossSpec:
-    """The spec of a loss of LOSSES, BATCH_LOSSES or ROW_PARTS (KeyError otherwise)."""
-    for table in (LOSSES, BATCH_LOSSES, ROW_PARTS):
+    """The spec of a loss of LOSSES, BATCH_LOSSES, ROW_PARTS or VARIANTS (KeyError otherwise)."""
+    for table in (LOSSES, BATCH_LOSSES, ROW_PARTS, VARIANTS):
         if name in table:
             return table[name]
     raise KeyError(name)

@@ -56,21 +56,31 @@ def _common(spec) -> list[str]:
     return out
 
 
+_LS = ["label_smoothing: float = 0.0"]
+_OPTIONS = ["z_loss: float = 0.0", "logit_softcap: Optional[float] = None"]
+
+
 def _function(spec) -> str:
     params = (["logits: Tensor", "target: Tensor", "*"] + _hyper(spec) + _common(spec)
+              + (_LS if spec.name == "ce" else [])
               + ["inplace_backward: bool = False", "double_backward: bool = False",
-                 "process_group: Optional[Any] = None", "class_start: Optional[int] = None"])
-    return f"def {spec.name}({', '.join(params)}) -> Tensor: ...\n"
+                 "process_group: Optional[Any] = None", "class_start: Optional[int] = None"]
+              + _OPTIONS + ["return_lse: bool = False"])
+    return (f"def {spec.name}({', '.join(params)}) -> "
+            "Union[Tensor, tuple[Tensor, Tensor]]: ...\n")
 
 
 def _linear_function(spec) -> str:
+    from ._registry import BATCH_LOSSES
     params = (["hidden: Tensor", "weight: Tensor", "target: Tensor",
                "bias: Optional[Tensor] = None", "*"] + _hyper(spec)
               + ['reduction: str = "mean"', "ignore_index: int = -100",
                  "class_weight: Optional[Tensor] = None", "chunk_size: Optional[int] = None",
                  'backend: str = "auto"']
               + (["detach_focal_weight: bool = True"] if spec.focal else [])
-              + ["process_group: Optional[Any] = None", "class_start: Optional[int] = None"])
+              + ["process_group: Optional[Any] = None", "class_start: Optional[int] = None"]
+              + ([] if spec.name in BATCH_LOSSES else _OPTIONS)
+              + (_LS if spec.name == "ce" else []))
     return f"def linear_{spec.name}({', '.join(params)}) -> Tensor: ...\n"
 
 
@@ -78,9 +88,11 @@ def _module(spec) -> str:
     from .modules import ANL_LOSSES
     anl = spec.name in ANL_LOSSES
     base = "ANLLoss" if anl else "FusedLoss"
+    from ._registry import BATCH_LOSSES
     params = (["self"] + _hyper(spec) + ["*"] + (["delta: float = 0.0"] if anl else [])
-              + _common(spec)
-              + ["process_group: Optional[Any] = None", "class_start: Optional[int] = None"])
+              + (_LS if spec.name == "ce" else []) + _common(spec)
+              + ["process_group: Optional[Any] = None", "class_start: Optional[int] = None"]
+              + ([] if spec.name in BATCH_LOSSES else _OPTIONS))
     return (f"class {spec.module}({base}):\n"
             f"    def __init__({', '.join(params)}) -> None: ...\n"
             f"    def forward(self, logits: Tensor, target: Tensor) -> Tensor: ...\n")
@@ -94,7 +106,7 @@ def render() -> str:
     parts = [_HEADER, "\n# fused losses: fused_anl.<name>(logits, target, ...)\n"]
     parts += [_function(s) for s in every]
     parts += ["\n# fused linear + loss: fused_anl.linear_<name>(hidden, weight, target, bias, ...)\n"]
-    parts += [_linear_function(s) for s in specs]
+    parts += [_linear_function(s) for s in every]
     parts += ["\n# nn.Module of every loss\n"]
     parts += [_module(s) for s in every]
     return "".join(parts)

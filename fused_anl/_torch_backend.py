@@ -9,10 +9,11 @@ Per chunk the log-probabilities come from one ``torch.log_softmax`` written stra
 into the gradient rows (when they are float32/float64 and contiguous), the
 probabilities from an in-place ``exp_``, and the gradient
 ``c1 [j == y] + c2 p_j + c3a ea_j + c3b eb_j`` from one ``addcmul`` per term, with the
-row scale (class weight / mean denominator) folded into the row coefficients. So a
-cross entropy costs three passes over a cache-resident chunk, and the other losses a
-few more: few, large ops, which matters on a CPU shared with other work (every op
-is a parallel region).
+row scale (class weight / mean denominator) folded into the row coefficients: a few
+passes over a cache-resident chunk per loss. Few, large ops, which matters on a CPU
+shared with other work (every op is a parallel region). Plain cross entropy has its own
+routine, :func:`_ce_rows` (one ``torch.softmax`` into the gradient rows and one in-place
+multiply by the row scale), with the same rows, gradient and non-finite rule.
 
 Non-finite logits: ``-inf`` is an absent class (docs/semantics.md). A NaN or ``+inf`` anywhere in a
 row makes ``log_softmax`` of that row NaN everywhere; :func:`_poison` (the one place,
@@ -25,7 +26,9 @@ from __future__ import annotations
 import torch
 
 from . import _torch_terms as _U
+from .kernels import _codes as _C
 from ._checks import compute_dtype
+from .kernels._codes import A_CE, P_NONE
 
 # Elements (rows x K) per chunk: 2^22 float32 = 16 MiB per buffer, a few buffers of
 # temporaries per call however large N x K is. Measured on the 2-core development machine
@@ -68,9 +71,9 @@ def _elementwise(L, P, present, ys, in_range, h, active, passive, exact, need_su
     return [zero if x is None else x for x in sums], ea, eb
 
 
-def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact):
+def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact, lse=None):
     """Per-row (L, c1, c2a, c2b, c3a, c3b) from l_y and the row sums; mirrors
-    kernels/_terms.py epilogue()."""
+    kernels/_terms.py epilogue(), z-loss included (``lse``: needed when it is on)."""
     py = torch.exp(ly)
     zero = torch.zeros_like(ly)
     La, k1a, k2a, k3a = zero, zero, zero, zero
@@ -82,7 +85,13 @@ def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact):
     if unit is not None:
         Lb, k1b, k2b, k3b = unit(ly, py, c, B1, EB, BC, h, exact)
     al, be = h["alpha"], h["beta"]
-    return al * La + be * Lb, al * k1a + be * k1b, al * k2a, be * k2b, al * k3a, be * k3b
+    L, c2a = al * La + be * Lb, al * k2a
+    zl = h["z_loss"]
+    if zl:  # zl lse^2 (with the LS term's label weight BC): d/dz_j = 2 zl lse p_j
+        zs = zl * BC if passive == _C.P_LS else zl
+        L = L + zs * lse * lse
+        c2a = c2a + 2.0 * zs * lse
+    return L, al * k1a + be * k1b, c2a, be * k2b, al * k3a, be * k3b
 
 
 def _gradient(G, P, present, ea, eb, ys, in_range, c1, c2, c3a, c3b):
@@ -127,7 +136,7 @@ def _poison(loss, G, bad_row, ly, valid):
 
 
 def _rows(L, ys, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active, passive, exact,
-          compute_grad, G):
+          compute_grad, G, lse=None):
     """Shared tail: loss rows and, into ``G`` (which may hold ``L`` itself: it is then
     overwritten), the scaled gradient rows.
 
@@ -138,7 +147,7 @@ def _rows(L, ys, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active
                                  need_sums=sums is None)
     if sums is None:
         sums = sums_
-    Lr, c1, c2a, c2b, c3a, c3b = _epilogue(ly, c, S, *sums, hv, active, passive, exact)
+    Lr, c1, c2a, c2b, c3a, c3b = _epilogue(ly, c, S, *sums, hv, active, passive, exact, lse)
     loss = torch.where(valid, Lr * wy, 0.0)
     if not compute_grad:
         return _poison(loss, None, bad_row, ly, valid), None
@@ -197,7 +206,7 @@ def _finish(z, y, in_range, valid, zy, wy, scale, ms, log_s, c, dsum, sums, hv, 
     S = dsum - c * log_s  # NCE's normalizer, sum_k l_k
     ly = (zy - ms) - log_s
     return _rows(L, y, in_range, valid, wy, scale, ly, S, c, sums, present, hv, active, passive,
-                 exact, compute_grad, L)
+                 exact, compute_grad, L, lse=ms + log_s)
 
 
 def stats2_sums(z, y, in_range, ms, log_s, hv, active, passive, exact):
@@ -222,13 +231,26 @@ def _chunk_stats(z, L, active, passive):
     return torch.where(present, L, 0.0).sum(1), present.sum(1).to(L.dtype), present
 
 
+def softcap(z, cap):
+    """``cap * tanh(z / cap)``; ``-inf`` stays ``-inf`` (absent), ``+inf`` becomes NaN (a
+    non-finite logit poisons its row, as without a cap). A new tensor."""
+    zc = torch.tanh(z / cap).mul_(cap)
+    zc.masked_fill_(z == float("inf"), _NAN)
+    return zc.masked_fill_(z == _NEG_INF, _NEG_INF)
+
+
 def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_index,
-             compute_grad, grad_dtype=None, out=None):
-    """Same contract as kernels.launch.row_loss (hv: dict of double constants).
+             compute_grad, grad_dtype=None, out=None, lse_out=None):
+    """Same contract as kernels.launch.row_loss (hv: dict of double constants; with
+    ``hv["ls_weight"]``, the class weights of the label-smoothing term).
 
     ``out`` may be ``z3`` itself: each chunk is read completely before its gradient
-    is written back.
+    is written back. ``lse_out``: an (N*D,) buffer for each row's lse (0 on ignored rows).
+    ``hv["softcap"]`` > 0: the logits are capped first (:func:`softcap`) and the gradient
+    is that with respect to the uncapped logits, ``dz'/dz = 1 - (z'/cap)^2``.
     """
+    cap = hv.get("softcap", 0.0)
+    want_lse = lse_out is not None or hv.get("z_loss", 0.0) != 0
     n, k, d = z3.shape
     cdt = compute_dtype(z3.dtype)
     dev = z3.device
@@ -244,7 +266,7 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
     # log_softmax can write the gradient rows directly when they are (rows, K) compute-dtype
     # rows that do not alias the logits; otherwise a chunk-sized scratch buffer is used
     direct = (compute_grad and d == 1 and grad.dtype == cdt and grad.is_contiguous()
-              and not _overlaps(grad, z3))
+              and (cap or not _overlaps(grad, z3)))
     w = weight.to(cdt) if weight is not None else None
     inv_den = (1.0 / den.to(cdt)) if den is not None else None
     step = _step_rows(k * d)
@@ -255,13 +277,26 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
         valid = t != ignore_index
         in_range = (t >= 0) & (t < k)
         ys = torch.where(in_range, t, 0)
+        if cap:
+            z = softcap(z, cap)  # a new chunk: the gradient rows may then alias the logits
         zy = z.gather(1, ys[:, None])[:, 0]
+        lse = torch.logsumexp(z, 1) if want_lse else None
+        if lse_out is not None:
+            lse_out[n0 * d:n1 * d] = torch.where(valid, lse, 0.0)
         if direct:
             G = grad[n0:n1].view(rows, k)
         else:
             if scratch is None:
                 scratch = torch.empty((min(n * d, step * d), k), dtype=cdt, device=dev)
             G = scratch[:rows]
+        if active == A_CE and passive == P_NONE and not cap and not hv.get("z_loss", 0.0):
+            # plain cross entropy (no option that changes its rows): its own routine
+            lr, g = _ce_rows(z, G, ys, in_range, valid, zy, w, inv_den, hv["alpha"],
+                             compute_grad)
+            loss[n0 * d:n1 * d] = lr
+            if compute_grad and not direct:
+                grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
+            continue
         L = torch.log_softmax(z, 1, out=G)
         S, c, present = _chunk_stats(z, L, active, passive)
         ly = L.gather(1, ys[:, None])[:, 0]
@@ -269,11 +304,55 @@ def row_loss(z3, target, weight, hv, den, *, active, passive, exact, ignore_inde
         wy = w[ys] if w is not None else torch.ones_like(ly)
         scale = wy * inv_den if inv_den is not None else wy
         lr, g = _rows(L, ys, in_range, valid, wy, scale, ly, S, c, None, present, hv, active,
-                      passive, exact, compute_grad, G)
+                      passive, exact, compute_grad, G, lse)
+        if compute_grad and cap:  # chain rule through the cap (0 where absent or ignored)
+            t_ = z / cap
+            g.mul_(torch.where(valid[:, None] & (z != _NEG_INF), 1.0 - t_ * t_, 0.0))
         loss[n0 * d:n1 * d] = lr
         if compute_grad and not direct:
             grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
     return loss, grad
+
+
+def _ce_rows(z, G, ys, in_range, valid, zy, w, inv_den, alpha, compute_grad):
+    """Plain cross entropy on a chunk: (loss rows, scaled gradient rows written into ``G``).
+
+    The same rows and the same gradient as the general path (``_rows`` with the CE
+    epilogue: c1 = -alpha, c2 = alpha, then :func:`_poison`), in fewer passes over the
+    chunk: one ``torch.softmax`` written straight into ``G`` (the probabilities, more
+    accurate than ``exp(log_softmax)``), one in-place multiply by the row scale, and a
+    scatter of ``-scale`` on the label column. The label's log-probability is
+    ``log(p_y)``, as accurate as ``z_y - lse`` wherever ``p_y`` is a normal float; the
+    rare rows where it is not (``p_y`` below the dtype's smallest normal: underflow, an
+    absent label class) take ``log_softmax`` of those rows alone. A NaN or ``+inf``
+    logit, or a row with no present class, makes the whole softmax row NaN, as it makes
+    the whole ``log_softmax`` row NaN: :func:`_poison` reads the same first column.
+    """
+    P = torch.softmax(z, 1, out=G)
+    bad_row = _bad_rows(P)
+    col = ys[:, None]
+    py = P.gather(1, col)[:, 0]
+    ly = torch.log(py)
+    low = py < torch.finfo(P.dtype).tiny  # False for NaN
+    if bool(low.any()):
+        r = low.nonzero()[:, 0]
+        ly[r] = torch.log_softmax(z[r], 1).gather(1, col[r])[:, 0]
+    ly = torch.where(in_range & (zy > _NEG_INF), ly, _NAN)
+    wy = w[ys] if w is not None else None
+    # the general path's loss: where(valid, (alpha * -ly + beta * 0) * wy, 0)
+    lr = (-ly) * alpha if alpha != 1.0 else -ly
+    if wy is not None:
+        lr = lr * wy
+    loss = torch.where(valid, lr, 0.0)
+    if not compute_grad:
+        return _poison(loss, None, bad_row, ly, valid), None
+    scale = wy if wy is not None else torch.ones_like(ly)
+    if inv_den is not None:
+        scale = scale * inv_den
+    s = torch.where(valid, alpha * scale, 0.0)  # c2 = alpha (an ignored row: 0)
+    P.mul_(s[:, None])
+    P.scatter_add_(1, col, torch.where(in_range, -s, 0.0)[:, None])  # c1 = -alpha
+    return _poison(loss, P, bad_row, ly, valid), P
 
 
 def _overlaps(a, b):

@@ -216,6 +216,32 @@ def amse_epilogue(ly, py, c, B1, EB, BC, h, exact):
     return (D * D + B1) / c, -r * py * D, r * (py * D - B1), torch.zeros_like(ly) + r
 
 
+@_needs("row_stats")
+def ls_elementwise(L, P, present, ys, in_range, h, exact, need_sums):
+    # e = w_k on present classes (w: the class weights ``h["ls_weight"]``, or 1); B1 = sum
+    # w_k l_k, EB = sum w_k, BC = w_y (0 where the label is not in this chunk's columns)
+    w = h.get("ls_weight")
+    one = torch.ones((), dtype=L.dtype, device=L.device)
+    if w is None:
+        eb = one.expand_as(L) if present is None else present.to(L.dtype)
+        wy = torch.where(in_range, one, 0.0)
+    else:
+        eb = w.expand_as(L) if present is None else torch.where(present, w, 0.0)
+        wy = torch.where(in_range, w[torch.where(in_range, ys, 0)], 0.0)
+    if not need_sums:
+        return eb, None, None, None
+    wl = L * eb if present is None else torch.where(present, L * eb, 0.0)
+    return eb, wl.sum(1), eb.sum(1), wy
+
+
+@_needs("row_stats")
+def ls_epilogue(ly, py, c, B1, EB, BC, h, exact):
+    eps = h["label_smoothing"]
+    r = eps / c
+    k1 = -(1.0 - eps) * BC
+    return k1 * ly - r * B1, k1, -k1 + r * EB, torch.zeros_like(ly) - r
+
+
 # -------------------------------------------------------------- the dispatch on the codes
 # code -> (elementwise unit or None, epilogue unit or None); NONE: no term.
 ACTIVE = {
@@ -236,6 +262,7 @@ PASSIVE = {
     C.P_AUL: (None, aul_epilogue),
     C.P_AEL: (None, ael_epilogue),
     C.P_AMSE: (amse_elementwise, amse_epilogue),
+    C.P_LS: (ls_elementwise, ls_epilogue),
 }
 
 

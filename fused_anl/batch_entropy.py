@@ -150,9 +150,14 @@ def _column_sums(z3, valid, ms, s, p_min, cdt, step):
         r = slice(n0 * d, n1 * d)
         if not have_stats:
             ms[r], s[r] = _chunk_stats(z)
-        P = _probs(z, ms[r], s[r]).clamp_(p_min, 1.0 - p_min)
-        C += P.masked_fill_(valid[r].logical_not()[:, None], 0.0).sum(0)
+        C += _chunk_column_sums(z, ms[r], s[r], valid[r], p_min)
     return C, ms, s
+
+
+def _chunk_column_sums(z, ms, s, valid, p_min):
+    """One chunk's column sums of the clamped probabilities of its valid rows."""
+    P = _probs(z, ms, s).clamp_(p_min, 1.0 - p_min)
+    return P.masked_fill_(valid.logical_not()[:, None], 0.0).sum(0)
 
 
 def _gradient_rows(z, ms, s, valid, G, p_min):
@@ -165,11 +170,15 @@ def _gradient_rows(z, ms, s, valid, G, p_min):
     return W, p, (W * p).sum(1)
 
 
-def _write_grad(grad, n0, n1, d, k, W, p, R, valid):
-    """``p (W - R)`` (softmax's backward), ignored rows exactly 0, into ``grad``."""
+def _logit_grad(W, p, R, valid):
+    """``p (W - R)`` (softmax's backward) of a chunk, in place of W; ignored rows exactly 0."""
     g = W.sub_(R[:, None]).mul_(p)
-    g.masked_fill_(valid.logical_not()[:, None], 0.0)  # ignored rows: exactly 0, even if NaN
-    grad[n0:n1] = g.reshape(n1 - n0, d, k).permute(0, 2, 1)
+    return g.masked_fill_(valid.logical_not()[:, None], 0.0)  # exactly 0, even if NaN
+
+
+def _write_grad(grad, n0, n1, d, k, W, p, R, valid):
+    """:func:`_logit_grad` into the rows ``n0:n1`` of ``grad``."""
+    grad[n0:n1] = _logit_grad(W, p, R, valid).reshape(n1 - n0, d, k).permute(0, 2, 1)
 
 
 class _BatchEntropy(torch.autograd.Function):
@@ -348,4 +357,81 @@ def batch_entropy(logits: torch.Tensor, target: torch.Tensor, *, p_min: float = 
     return out[0]
 
 
-__all__ = ["batch_entropy"]
+def _linear_logits(hidden, weight, bias, a, b, cdt):
+    """One chunk's logits ``hidden[a:b] @ weight.T + bias`` in the compute dtype."""
+    h = hidden[a:b]
+    z = torch.addmm(bias, h, weight.t()) if bias is not None else h @ weight.t()
+    return z.to(cdt)
+
+
+class _LinearBatchEntropy(torch.autograd.Function):
+    """``E`` of the logits ``hidden @ weight.T + bias``, formed chunk by chunk and never
+    held whole: forward forms each chunk once (its row statistics and clamped column
+    sums), backward forms it again (the probabilities from the saved row statistics) and
+    turns its logit gradient into its share of the gradients of ``hidden``, ``weight`` and
+    ``bias`` (the latter two accumulated in float32), as the fused linear loss does."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, valid, p_min, chunk):
+        n, k = hidden.shape[0], weight.shape[0]
+        cdt = compute_dtype(hidden.dtype)
+        C = torch.zeros(k, dtype=cdt, device=hidden.device)
+        ms = torch.empty(n, dtype=cdt, device=hidden.device)
+        s = torch.empty(n, dtype=cdt, device=hidden.device)
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            z = _linear_logits(hidden, weight, bias, a, b, cdt)
+            ms[a:b], s[a:b] = _chunk_stats(z)
+            C += _chunk_column_sums(z, ms[a:b], s[a:b], valid[a:b], p_min)
+        T = C.sum()
+        u, g, qlogq, ug = _shares(C, T, p_min)
+        E, G = _class_step(C, T, qlogq, ug, g, math.log(k))
+        ctx.save_for_backward(hidden, weight, bias, valid, ms, s, G)
+        ctx.p_min, ctx.chunk = p_min, chunk
+        return E
+
+    @staticmethod
+    def backward(ctx, grad_e):
+        hidden, weight, bias, valid, ms, s, G = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        n = hidden.shape[0]
+        cdt = ms.dtype
+        acc = torch.float64 if cdt == torch.float64 else torch.float32
+        Gs = G * grad_e.to(G.dtype)  # grad_output folded into G
+        gh = torch.empty_like(hidden) if need_h else None
+        gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if need_w else None
+        gb = (torch.zeros(weight.shape[0], dtype=acc, device=weight.device)
+              if need_b and bias is not None else None)
+        for a in range(0, n, ctx.chunk):
+            b = min(n, a + ctx.chunk)
+            z = _linear_logits(hidden, weight, bias, a, b, cdt)
+            W, p, R = _gradient_rows(z, ms[a:b], s[a:b], valid[a:b], Gs, ctx.p_min)
+            dz = _logit_grad(W, p, R, valid[a:b])
+            if gh is not None:
+                gh[a:b] = (dz.to(weight.dtype) @ weight).to(hidden.dtype)
+            if gw is not None:
+                gw.addmm_(dz.t().to(acc), hidden[a:b].to(acc))
+            if gb is not None:
+                gb += dz.sum(0).to(acc)
+        gw = gw.to(weight.dtype) if gw is not None else None
+        gb = gb.to(weight.dtype) if gb is not None else None
+        if torch.is_grad_enabled():  # create_graph=True: differentiating this gradient raises
+            from .functional import _no_second_derivative
+            gh, gw, gb = (None if x is None else _no_second_derivative(x, _NAME, _NO_SECOND_HINT)
+                          for x in (gh, gw, gb))
+        return gh, gw, gb, None, None, None
+
+
+def linear_batch_entropy(hidden: torch.Tensor, weight: torch.Tensor,
+                         bias: Optional[torch.Tensor], target: torch.Tensor, *,
+                         p_min: float = 1e-7, ignore_index: int = -100,
+                         chunk_size: int) -> torch.Tensor:
+    """``E`` (see :func:`batch_entropy`) of the logits ``hidden @ weight.T + bias`` without
+    materializing them: ``chunk_size`` rows at a time, one extra logits product in forward
+    and one in backward beside the two gradient products. Inputs are checked by the
+    caller (``fused_anl.linear_loss``); not class-parallel."""
+    valid = target.reshape(-1) != ignore_index
+    return _LinearBatchEntropy.apply(hidden, weight, bias, valid, float(p_min), int(chunk_size))
+
+
+__all__ = ["batch_entropy", "linear_batch_entropy"]

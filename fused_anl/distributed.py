@@ -39,8 +39,9 @@ def shard_offset(group, k_local: int, class_start) -> int:
 
 
 def sharded_row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_index,
-                     compute_grad, backend, group, class_start):
-    """Per-row loss of the full rows and the gradient of this rank's (N, K_local, D) shard."""
+                     compute_grad, backend, group, class_start, return_lse=False):
+    """Per-row loss of the full rows and the gradient of this rank's (N, K_local, D) shard
+    (and, with ``return_lse``, each row's lse over all the classes, 0 on ignored rows)."""
     n, k, d = z3.shape
     rows = n * d
     cdt = compute_dtype(z3.dtype)
@@ -80,9 +81,14 @@ def sharded_row_loss(z3, target, weight, hyper, den, *, active, passive, exact, 
         part2 = torch.zeros((rows, 1, C.STATS2), dtype=cdt, device=z3.device)
 
     # 3. loss rows and this shard's gradient
-    return backend.shard_finish(z3, y_local, wy, zy, hyper, den, parts1, part2, active=active,
-                                passive=passive, exact=exact, ignore_index=_IGNORED,
-                                compute_grad=compute_grad)
+    loss, grad = backend.shard_finish(z3, y_local, wy, zy, hyper, den, parts1, part2,
+                                      active=active, passive=passive, exact=exact,
+                                      ignore_index=_IGNORED, compute_grad=compute_grad)
+    if not return_lse:
+        return loss, grad
+    from ._torch_backend import merge_stats1
+    ms, s, _, _ = merge_stats1(parts1)
+    return loss, grad, torch.where(valid, ms + torch.log(s), 0.0)
 
 
 # ------------------------------------------------------------- logits given as a DTensor

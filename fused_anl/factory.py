@@ -147,7 +147,9 @@ def get_loss(name: str, num_classes: int | None = None, **hyper):
     hyper = {ALIASES.get(k, k): v for k, v in hyper.items()}
     anl_names = _anl_names()
     anl = name in anl_names
-    valid = set(spec.hyper) | set(LOSS_KEYWORDS) | ({"delta"} if anl else set())
+    valid = (set(spec.hyper) | set(LOSS_KEYWORDS) | ({"delta"} if anl else set())
+             | (set() if name in R.BATCH_LOSSES else {"z_loss", "logit_softcap"})
+             | ({"label_smoothing"} if name == "ce" else set()))
     unknown = sorted(set(hyper) - valid)
     if "delta" in unknown and not hyper["delta"]:
         hyper.pop("delta")  # delta=0 means "no L1 term", which every loss already has

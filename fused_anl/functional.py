@@ -22,6 +22,7 @@ What is refused rather than answered wrongly:
 from __future__ import annotations
 
 import contextlib
+import math
 import os
 import threading
 from dataclasses import dataclass
@@ -100,6 +101,8 @@ class LossCall:
     backend: str  # resolved: "triton" or "torch"
     double_backward: bool = False
     shard: Optional[tuple] = None  # (process_group, class_start) for class-parallel logits
+    options: tuple = ()  # the reference's keywords for z_loss, logit_softcap, label_smoothing
+    return_lse: bool = False
 
 
 def mean_denominator(t, weight, ignore_index, k, dtype):
@@ -111,36 +114,46 @@ def mean_denominator(t, weight, ignore_index, k, dtype):
     if weight is None:
         w = keep.to(dtype)
     else:
-        w = torch.where(keep, weight.to(dtype)[t.long().clamp(0, k - 1)],
+        # the weight vector's own length: k is the local class count of a class shard
+        w = torch.where(keep, weight.to(dtype)[t.long().clamp(0, weight.shape[0] - 1)],
                         torch.zeros((), dtype=dtype, device=t.device))
     return w.sum().reshape(1)
 
 
 def _forward(logits, target, weight, call: LossCall, dims, compute_grad, inplace):
-    """Per-row losses (gradient included when asked), reduced. Returns (loss, grad),
-    grad an (N, K, D) tensor, or an empty one without compute_grad."""
+    """Per-row losses (gradient included when asked), reduced. Returns (loss, grad, lse),
+    grad an (N, K, D) tensor, or an empty one without compute_grad; lse the rows' lse in
+    the target's shape with ``call.return_lse``, else an empty tensor."""
     n, k, d = dims
     z3 = logits.reshape(n, k, d)  # a view whenever the trailing dims can be flattened
     t = target.reshape(-1)
     cdt = compute_dtype(logits.dtype)
     den = mean_denominator(t, weight, call.ignore_index, k, cdt) if call.reduction == "mean" else None
+    lse = logits.new_empty((0,), dtype=cdt)
     if call.shard is not None:
         from .distributed import sharded_row_loss
-        loss_rows, grad = sharded_row_loss(
+        res = sharded_row_loss(
             z3, t, weight, list(call.constants), den, active=call.active, passive=call.passive,
             exact=call.exact, ignore_index=call.ignore_index, compute_grad=compute_grad,
-            backend=call.backend, group=call.shard[0], class_start=call.shard[1])
+            backend=call.backend, group=call.shard[0], class_start=call.shard[1],
+            return_lse=call.return_lse)
+        loss_rows, grad = res[:2]
+        if call.return_lse:
+            lse = res[2]
     elif inplace:
         if z3.data_ptr() != logits.data_ptr() or z3.numel() != logits.numel():
             raise ValueError("inplace_backward=True needs logits whose class dims can be viewed "
                              "as (N, K, D) without a copy")
+        if call.return_lse:
+            lse = logits.new_empty((t.numel(),), dtype=cdt)
         loss_rows, grad = _ops.run_row_loss(z3, t, weight, list(call.constants), den, call.active,
                                             call.passive, call.exact, call.ignore_index, True,
-                                            call.backend, out=z3)
+                                            call.backend, out=z3,
+                                            lse_out=lse if call.return_lse else None)
     else:
-        loss_rows, grad = torch.ops.fused_anl.row_loss(
+        loss_rows, grad, lse = torch.ops.fused_anl.row_loss(
             z3, t, weight, list(call.constants), den, call.active, call.passive, call.exact,
-            call.ignore_index, compute_grad, call.backend)
+            call.ignore_index, compute_grad, call.backend, call.return_lse)
     if call.reduction == "none":
         out = loss_rows.reshape(target.shape)
     elif call.reduction == "sum":
@@ -149,7 +162,9 @@ def _forward(logits, target, weight, call: LossCall, dims, compute_grad, inplace
         out = loss_rows.sum() / den[0]
     if grad is None:
         grad = logits.new_empty((0,))
-    return out, grad
+    if call.return_lse:
+        lse = lse.reshape(target.shape)
+    return out, grad, lse
 
 
 def _setup(ctx, logits, target, weight, call, dims):
@@ -187,7 +202,8 @@ def _reference_grad(ctx, grad_out):
     with torch.enable_grad():
         loss = reference.loss_by_name(call.name, logits, target, reduction=call.reduction,
                                       ignore_index=call.ignore_index, weight=weight,
-                                      detach_focal_weight=not call.exact, **dict(call.hyper))
+                                      detach_focal_weight=not call.exact, **dict(call.hyper),
+                                      **dict(call.options))
         (g,) = torch.autograd.grad(loss, logits, grad_out, create_graph=True)
     return g
 
@@ -222,7 +238,8 @@ def _backward(ctx, grad, grad_out):
 
 
 class _FusedLoss(torch.autograd.Function):
-    """Outputs (loss, stored gradient); the second is non-differentiable and internal."""
+    """Outputs (loss, stored gradient, lse); the last two are non-differentiable (the
+    gradient is internal, the lse is returned detached with ``return_lse``)."""
 
     @staticmethod
     def forward(logits, target, weight, call, dims, compute_grad):
@@ -231,13 +248,18 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         logits, target, weight, call, dims, compute_grad = inputs
-        ctx.mark_non_differentiable(output[1])
+        ctx.mark_non_differentiable(output[1], output[2])
+        # no zero-filled N x K gradient for the stored-gradient output (which nothing
+        # differentiates): materialized, it doubled backward's peak memory
+        ctx.set_materialize_grads(False)
         _setup(ctx, logits, target, weight, call, dims)
         if compute_grad:
             ctx.save_for_backward(output[1])
 
     @staticmethod
-    def backward(ctx, grad_out, _):
+    def backward(ctx, grad_out, _, __):
+        if grad_out is None:
+            return None, None, None, None, None, None
         _check_not_consumed(ctx)
         (grad,) = ctx.saved_tensors
         return _backward(ctx, grad, grad_out), None, None, None, None, None
@@ -245,15 +267,16 @@ class _FusedLoss(torch.autograd.Function):
     @staticmethod
     def vmap(info, in_dims, logits, target, weight, call, dims, compute_grad):
         """``torch.vmap``: one fused call per vmapped sample (exact; a loop)."""
-        outs, grads = [], []
+        outs, grads, lses = [], [], []
         for b in range(info.batch_size):
             def pick(x, dim):
                 return x if x is None or dim is None else x.select(dim, b)
-            o, g = _FusedLoss.forward(pick(logits, in_dims[0]), pick(target, in_dims[1]),
-                                      pick(weight, in_dims[2]), call, dims, compute_grad)
+            o, g, lse = _FusedLoss.forward(pick(logits, in_dims[0]), pick(target, in_dims[1]),
+                                           pick(weight, in_dims[2]), call, dims, compute_grad)
             outs.append(o)
             grads.append(g)
-        return (torch.stack(outs), torch.stack(grads)), (0, 0)
+            lses.append(lse)
+        return (torch.stack(outs), torch.stack(grads), torch.stack(lses)), (0, 0, 0)
 
 
 class _FusedLossInplace(torch.autograd.Function):
@@ -263,19 +286,20 @@ class _FusedLossInplace(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, target, weight, call, dims, compute_grad):
-        out, _ = _forward(logits, target, weight, call, dims, True, True)
-        return out, logits
+        out, _, lse = _forward(logits, target, weight, call, dims, True, True)
+        return out, logits, lse
 
     @staticmethod
     def setup_context(ctx, inputs, output):
         logits, target, weight, call, dims, compute_grad = inputs
         ctx.mark_dirty(logits)
+        ctx.mark_non_differentiable(output[2])
         ctx.set_materialize_grads(False)
         _setup(ctx, logits, target, weight, call, dims)
         ctx.save_for_backward(output[1])
 
     @staticmethod
-    def backward(ctx, grad_out, grad_through_logits):
+    def backward(ctx, grad_out, grad_through_logits, _):
         if grad_through_logits is not None:
             raise RuntimeError(
                 f"fused_anl.{ctx.call.name}(..., inplace_backward=True) overwrote its logits "
@@ -290,14 +314,45 @@ class _FusedLossInplace(torch.autograd.Function):
         return _backward(ctx, grad, grad_out), None, None, None, None, None
 
 
+def check_options(name, z_loss, logit_softcap, label_smoothing, return_lse):
+    """Validate the options every loss takes; returns them normalized (floats, cap 0: none)."""
+    def number(key, v):
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise ValueError(f"{name}: {key} must be a finite number, got {v!r}")
+        return float(v)
+    z_loss = number("z_loss", z_loss)
+    if z_loss < 0:
+        raise ValueError(f"{name}: z_loss must be >= 0, got {z_loss}")
+    cap = 0.0
+    if logit_softcap is not None:
+        cap = number("logit_softcap", logit_softcap)
+        if cap <= 0:
+            raise ValueError(f"{name}: logit_softcap must be > 0 (or None for no cap), got {cap}")
+    label_smoothing = number("label_smoothing", label_smoothing)
+    if label_smoothing and name != "ce":
+        raise TypeError(f"{name}: label_smoothing is an option of ce only (as in "
+                        f"F.cross_entropy); got label_smoothing={label_smoothing}")
+    if label_smoothing:  # its range: the ls term's own check (kernels/_codes.py TERMS)
+        R.resolve_hyper(R.spec_of("ce:ls"), {"label_smoothing": label_smoothing})
+    if not isinstance(return_lse, bool):
+        raise TypeError(f"{name}: return_lse must be a bool, got {return_lse!r}")
+    return z_loss, cap, label_smoothing
+
+
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
                  backend="auto", detach_focal_weight=True, inplace_backward=False,
-                 double_backward=False, process_group=None, class_start=None, **hyper):
+                 double_backward=False, process_group=None, class_start=None, z_loss=0.0,
+                 logit_softcap=None, label_smoothing=0.0, return_lse=False, **hyper):
     """Fused loss ``name`` (a key of ``fused_anl.LOSSES``) on logits ``(N, K, ...)``.
 
     The keywords are those of every loss function (see ``help(fused_anl.anl_ce)``);
-    ``hyper`` holds the loss's own hyperparameters.
+    ``hyper`` holds the loss's own hyperparameters. Returns the loss, or ``(loss, lse)``
+    with ``return_lse=True``.
     """
+    z_loss, cap, label_smoothing = check_options(name, z_loss, logit_softcap, label_smoothing,
+                                                 return_lse)
+    opts = dict(z_loss=z_loss, logit_softcap=logit_softcap, label_smoothing=label_smoothing,
+                return_lse=return_lse)
     if type(logits).__name__ == "DTensor":  # class-parallel logits as a DTensor
         from . import distributed
         if distributed.is_dtensor(logits):
@@ -306,18 +361,31 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
                                  "class offset; do not pass process_group or class_start")
             local, target, weight, group, start, wrap = distributed.from_dtensor(
                 name, logits, target, weight)
-            return wrap(loss_by_name(
+            res = loss_by_name(
                 name, local, target, reduction=reduction, ignore_index=ignore_index,
                 weight=weight, backend=backend, detach_focal_weight=detach_focal_weight,
                 inplace_backward=inplace_backward, double_backward=double_backward,
-                process_group=group, class_start=start, **hyper))
+                process_group=group, class_start=start, **opts, **hyper)
+            return (wrap(res[0]), res[1]) if return_lse else wrap(res)
     if name in R.BATCH_LOSSES:
+        if z_loss or cap or return_lse:
+            raise ValueError(f"{name}: z_loss, logit_softcap and return_lse are not available "
+                             "for a loss with a batch term")
         return _batch_loss(name, logits, target, reduction=reduction, ignore_index=ignore_index,
                            weight=weight, backend=backend, inplace_backward=inplace_backward,
                            double_backward=double_backward, process_group=process_group,
                            class_start=class_start, **hyper)
+    if label_smoothing:  # CE with label smoothing is its own term (fused_anl/_registry.py VARIANTS)
+        name, hyper = "ce:ls", dict(hyper, label_smoothing=label_smoothing)
     spec = R.spec_of(name)
     h = R.resolve_hyper(spec, hyper)
+    h["z_loss"], h["logit_softcap"] = z_loss, cap
+    if process_group is not None and cap:
+        raise ValueError(f"{name}: logit_softcap is not supported with process_group "
+                         "(class-parallel logits); cap the logits before the loss")
+    if process_group is not None and label_smoothing and weight is not None:
+        raise ValueError(f"{name}: label_smoothing with class weights is not supported with "
+                         "process_group (class-parallel logits)")
     if process_group is not None:
         if double_backward:
             raise ValueError(f"{name}: double_backward=True is not supported with process_group "
@@ -335,15 +403,21 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
                     passive=spec.passive, exact=not detach_focal_weight,
                     ignore_index=int(ignore_index), reduction=reduction,
                     backend=resolve_backend(backend, logits.device),
-                    double_backward=bool(double_backward), shard=shard)
+                    double_backward=bool(double_backward), shard=shard,
+                    options=tuple((k, v) for k, v in (("z_loss", z_loss),
+                                                      ("logit_softcap", logit_softcap))
+                                  if v),
+                    return_lse=return_lse)
     compute_grad = logits.requires_grad and torch.is_grad_enabled()
     if (inplace_backward and compute_grad and shard is None and not double_backward
             and not _compiling() and not _functorch_wrapped(logits)):
         if logits.is_leaf:
             raise ValueError("inplace_backward=True cannot overwrite a leaf tensor that requires "
                              "grad; use it on logits produced by the model")
-        return _FusedLossInplace.apply(logits, target, weight, call, dims, True)[0]
-    return _FusedLoss.apply(logits, target, weight, call, dims, compute_grad)[0]
+        res = _FusedLossInplace.apply(logits, target, weight, call, dims, True)
+        return (res[0], res[2]) if return_lse else res[0]
+    res = _FusedLoss.apply(logits, target, weight, call, dims, compute_grad)
+    return (res[0], res[2]) if return_lse else res[0]
 
 
 def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backend,
@@ -357,11 +431,7 @@ def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backen
     fused_anl/batch_entropy.py), and its gradient is added to the rows' by autograd.
     """
     from .batch_entropy import batch_entropy
-    spec = R.BATCH_LOSSES[name]
-    h = R.resolve_hyper(spec, hyper)
-    if not 0.0 < h["p_min"] < 0.5:
-        raise ValueError(f"{name}: p_min must lie in (0, 0.5) (probabilities are clamped to "
-                         f"[p_min, 1 - p_min]), got {h['p_min']}")
+    h = batch_hyper(name, hyper)
     if inplace_backward:
         raise ValueError(f"{name}: inplace_backward=True is not supported: the batch term "
                          "reads the logits after the row loss would have overwritten them")
@@ -377,10 +447,25 @@ def _batch_loss(name, logits, target, *, reduction, ignore_index, weight, backen
                         **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
     E = batch_entropy(logits, target, p_min=h["p_min"], ignore_index=ignore_index,
                       process_group=process_group, class_start=class_start)
+    return add_batch_term(rows, h["lamb"] * E, target, ignore_index, reduction)
+
+
+def batch_hyper(name, hyper):
+    """The resolved hyperparameters of a loss of R.BATCH_LOSSES, p_min checked."""
+    h = R.resolve_hyper(R.BATCH_LOSSES[name], hyper)
+    if not 0.0 < h["p_min"] < 0.5:
+        raise ValueError(f"{name}: p_min must lie in (0, 0.5) (probabilities are clamped to "
+                         f"[p_min, 1 - p_min]), got {h['p_min']}")
+    return h
+
+
+def add_batch_term(rows, term, target, ignore_index, reduction):
+    """``rows`` (the reduced row loss, or per sample for "none") plus a batch term added
+    once: "none" spreads it evenly over the counted samples, so they sum to "sum"."""
     if reduction == "none":
-        counted = (target != ignore_index).to(rows.dtype)
-        return rows + (h["lamb"] * E) * (counted / counted.sum().clamp_min(1.0))
-    return rows + h["lamb"] * E
+        counted = (target.reshape(rows.shape) != ignore_index).to(rows.dtype)
+        return rows + term * (counted / counted.sum().clamp_min(1.0))
+    return rows + term
 
 
 def _check_sharded(name, logits, target, weight, reduction, ignore_index, group, class_start):
@@ -430,6 +515,18 @@ _COMMON_ARGS = """
             gets the full loss and the gradient of its slice. Default: None.
         class_start (int, optional): first class of this rank's slice (default: rank x
             K_local, equal shards).
+        z_loss (float): add ``z_loss * lse^2`` to each sample's loss (PaLM's and OLMo's
+            z-loss; ``lse`` the log-sum-exp of its logits, after the soft cap), weighted by
+            its class weight like the rest of it. Its gradient ``2 z_loss lse p_j`` is
+            fused. Default: 0.
+        logit_softcap (float, optional): ``cap``: the loss sees ``cap * tanh(z / cap)``
+            (Gemma 2's soft cap) instead of ``z``, and the gradient is with respect to the
+            uncapped logits. ``-inf`` stays ``-inf`` (absent); ``+inf`` gives a NaN row.
+            Not with ``process_group``. Default: None (no cap).
+        return_lse (bool): also return each sample's ``lse`` (of the capped logits; 0 for
+            an ignored sample), float32, in the target's shape, detached: it is a by-product
+            of the row statistics. For a penalty on it use ``z_loss``. Default: False.
+
 
     ``logits`` may also be a ``DTensor`` sharded on the class dimension over one mesh
     dimension (TorchTitan's loss parallel); it then takes the class-parallel path over
@@ -438,7 +535,7 @@ _COMMON_ARGS = """
     Returns:
         Tensor: the loss, float32 (float64 for float64 logits); shape ``()``, or the
         target's shape for ``reduction="none"``. The gradient has the logits' dtype and
-        is computed in float32.
+        is computed in float32. With ``return_lse=True``: ``(loss, lse)``.
 
     Shape:
         - logits: ``(N, K)`` or ``(N, K, d1, ..., dk)``
@@ -460,14 +557,21 @@ def docstring(name: str) -> str:
     """The PyTorch-style docstring of the fused function ``name``."""
     spec = R.spec_of(name)
     hyper = "".join(f"        {_HYPER_DOCS[k].format(v=v)}\n" for k, v in spec.hyper.items())
+    if name == "ce":
+        hyper += ("        label_smoothing (float): as ``F.cross_entropy``'s, in [0, 1]: the "
+                  "target is\n            ``1 - eps`` on the label plus ``eps / K`` on each of "
+                  "the K present classes;\n            with ``weight``, the smoothing sum is "
+                  "weighted by each class's weight and\n            ``\"mean\"`` divides by "
+                  "the labels' weights, exactly as ``F.cross_entropy``. Default: 0.\n")
     focal = ("        detach_focal_weight (bool): treat the focal weight as a constant in the "
              "gradient,\n            as the published code does; False gives the true derivative. "
              "Default: True.\n") if spec.focal else ""
     batch = ("\n    ``E`` is one number per batch (the non-ignored samples), added once to the "
              "``\"mean\"``\n    or ``\"sum\"`` result; ``\"none\"`` spreads ``lamb * E`` evenly "
              "over the counted\n    samples (their sum is the ``\"sum\"`` result). Class weights "
-             "weight the rows, not E.\n    Not available with ``inplace_backward`` nor in the "
-             "fused linear loss.\n") if name in R.BATCH_LOSSES else ""
+             "weight the rows, not E.\n    Not available with ``inplace_backward``, "
+             "``z_loss`` or ``logit_softcap``; its fused\n    linear form is "
+             "``fused_anl.linear_loss(\"anl_ce_er\", ...)``.\n") if name in R.BATCH_LOSSES else ""
     return (f"Fused {name}: per-sample loss ``{spec.doc}`` (the loss's definition: "
             f"docs/semantics.md).\n" + batch
             + _COMMON_ARGS.format(hyper=hyper, focal=focal, name=name))
@@ -485,8 +589,10 @@ def _make(name):
     kw = dict(spec.hyper, reduction="mean", ignore_index=-100, weight=None, backend="auto")
     if spec.focal:
         kw["detach_focal_weight"] = True
+    if name == "ce":
+        kw["label_smoothing"] = 0.0
     kw.update(inplace_backward=False, double_backward=False, process_group=None,
-              class_start=None)
+              class_start=None, z_loss=0.0, logit_softcap=None, return_lse=False)
     params += [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in kw.items()]
     fn.__signature__ = inspect.Signature(params)
     fn.__name__ = fn.__qualname__ = name

@@ -235,7 +235,8 @@ class _LinearLoss(torch.autograd.Function):
 
 def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ignore_index=-100,
                 class_weight=None, chunk_size=None, backend="auto", detach_focal_weight=True,
-                process_group=None, class_start=None, **hyper):
+                process_group=None, class_start=None, z_loss=0.0, logit_softcap=None,
+                label_smoothing=0.0, **hyper):
     """Loss ``name`` of ``hidden @ weight.T + bias`` without materializing the logits.
 
     hidden ``(N, D)``; weight ``(K, D)`` as ``nn.Linear`` stores it; bias ``(K,)`` or None;
@@ -247,11 +248,30 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
     (classes, starting at ``class_start``, default rank x K_local), ``hidden`` and
     ``target`` are replicated; the loss is the full one on every rank, and the
     gradient of ``hidden`` is summed over ranks (one all_reduce).
+
+    ``z_loss``, ``logit_softcap`` and (``ce`` only) ``label_smoothing`` are those of the
+    plain losses (``help(fused_anl.ce)``), applied to each chunk's logits in the same pass.
     """
-    if name not in R.LOSSES:
-        raise ValueError(f"unknown loss {name!r}; valid names: {', '.join(sorted(R.LOSSES))}")
-    spec = R.LOSSES[name]
-    h = R.resolve_hyper(spec, hyper)
+    if name in R.BATCH_LOSSES:
+        return _linear_batch_loss(name, hidden, weight, target, bias, reduction=reduction,
+                                  ignore_index=ignore_index, class_weight=class_weight,
+                                  chunk_size=chunk_size, backend=backend,
+                                  process_group=process_group, class_start=class_start,
+                                  z_loss=z_loss, logit_softcap=logit_softcap,
+                                  label_smoothing=label_smoothing, **hyper)
+    if name not in R.LOSSES and name not in R.ROW_PARTS:
+        raise ValueError(f"unknown loss {name!r}; valid names: "
+                         f"{', '.join(sorted(list(R.LOSSES) + list(R.BATCH_LOSSES)))}")
+    from .functional import check_options
+    z_loss, cap, label_smoothing = check_options(name, z_loss, logit_softcap, label_smoothing,
+                                                 False)
+    spec = R.spec_of("ce:ls") if label_smoothing else R.spec_of(name)
+    h = R.resolve_hyper(spec, dict(hyper, label_smoothing=label_smoothing)
+                        if label_smoothing else hyper)
+    h["z_loss"], h["logit_softcap"] = z_loss, cap
+    if process_group is not None and (cap or (label_smoothing and class_weight is not None)):
+        raise ValueError(f"linear_{name}: logit_softcap, and label_smoothing with class "
+                         "weights, are not supported with process_group")
     for what, x, dim in (("hidden", hidden, 2), ("weight", weight, 2)):
         if not isinstance(x, torch.Tensor) or x.dim() != dim or not x.is_floating_point():
             raise ValueError(f"linear_{name}: {what} must be a floating {dim}-D tensor")
@@ -280,11 +300,43 @@ def linear_loss(name, hidden, weight, target, bias=None, *, reduction="mean", ig
         raise ValueError(f"linear_{name}: chunk_size must be >= 1, got {chunk_size}")
     from .functional import LossCall
     call = LossCall(name=name, hyper=tuple((key, h[key]) for key in spec.hyper),
-                    constants=tuple(_hyper.constants(h, spec.passive)), active=spec.active,
+                    constants=tuple(_hyper.constants(h, spec.passive, spec.active)),
+                    active=spec.active,
                     passive=spec.passive, exact=not detach_focal_weight,
                     ignore_index=int(ignore_index), reduction=reduction, backend=b,
                     shard=(process_group, class_start) if process_group is not None else None)
     return _LinearLoss.apply(hidden, weight, bias, target.reshape(-1), class_weight, call, chunk)
+
+
+def _linear_batch_loss(name, hidden, weight, target, bias, *, reduction, ignore_index,
+                       class_weight, chunk_size, backend, process_group, class_start, z_loss,
+                       logit_softcap, label_smoothing, **hyper):
+    """A loss of R.BATCH_LOSSES (ANL-CE-ER) on ``hidden @ weight.T + bias``: its rows through
+    the fused linear row loss, plus ``lamb * E`` from fused_anl.batch_entropy's chunked
+    linear form (fused_anl/functional.py ``_batch_loss`` is the same on logits).
+
+    Cost beyond the rows: one more logits product in forward (the column sums need every
+    row's probabilities, and the rows' pass overwrites its logits with their gradient)
+    and, in backward, one logits product plus the two gradient products."""
+    from .batch_entropy import linear_batch_entropy
+    from .functional import add_batch_term, batch_hyper
+    h = batch_hyper(name, hyper)
+    if process_group is not None:
+        raise ValueError(f"linear_{name}: the fused linear form of a loss with a batch term is "
+                         "not class-parallel; use the plain loss on the logit shards")
+    if z_loss or logit_softcap is not None or label_smoothing:
+        raise ValueError(f"linear_{name}: z_loss, logit_softcap and label_smoothing are not "
+                         "available for a loss with a batch term")
+    rows = linear_loss(f"{name}:rows", hidden, weight, target, bias, reduction=reduction,
+                       ignore_index=ignore_index, class_weight=class_weight,
+                       chunk_size=chunk_size, backend=backend,
+                       **{k: h[k] for k in R.ROW_PARTS[f"{name}:rows"].hyper})
+    n, k = hidden.shape[0], weight.shape[0]
+    chunk = int(chunk_size) if chunk_size else choose_chunk(n, k, hidden.device,
+                                                            hidden.element_size())
+    E = linear_batch_entropy(hidden, weight, bias, target, p_min=h["p_min"],
+                             ignore_index=ignore_index, chunk_size=chunk)
+    return add_batch_term(rows, h["lamb"] * E, target, ignore_index, reduction)
 
 
 def _make(name):
@@ -293,12 +345,16 @@ def _make(name):
 
     import inspect
     P = inspect.Parameter
-    spec = R.LOSSES[name]
+    spec = R.spec_of(name)
     kw = dict(spec.hyper, reduction="mean", ignore_index=-100, class_weight=None,
               chunk_size=None, backend="auto")
     if spec.focal:
         kw["detach_focal_weight"] = True
     kw.update(process_group=None, class_start=None)
+    if name not in R.BATCH_LOSSES:
+        kw.update(z_loss=0.0, logit_softcap=None)
+    if name == "ce":
+        kw["label_smoothing"] = 0.0
     fn.__signature__ = inspect.Signature(
         [P(a, P.POSITIONAL_OR_KEYWORD) for a in ("hidden", "weight", "target")]
         + [P("bias", P.POSITIONAL_OR_KEYWORD, default=None)]
@@ -319,17 +375,17 @@ class LinearLoss(torch.nn.Module):
     def __init__(self, name=None, **kwargs):
         super().__init__()
         self.name = name or self.loss_name
-        if self.name not in R.LOSSES:
+        if self.name not in R.LOSSES and self.name not in R.BATCH_LOSSES:
             raise ValueError(f"unknown loss {self.name!r}")
-        R.resolve_hyper(R.LOSSES[self.name], {k: v for k, v in kwargs.items()
-                                              if k in R.LOSSES[self.name].hyper})
+        R.resolve_hyper(R.spec_of(self.name), {k: v for k, v in kwargs.items()
+                                               if k in R.spec_of(self.name).hyper})
         self.kwargs = kwargs
 
     def forward(self, hidden, weight, target, bias=None):
         return linear_loss(self.name, hidden, weight, target, bias, **self.kwargs)
 
     def extra_repr(self):
-        spec = R.LOSSES[self.name]
+        spec = R.spec_of(self.name)
         hyper = dict(spec.hyper, **{k: v for k, v in self.kwargs.items() if k in spec.hyper})
         items = [f"loss={self.name!r}"] + [f"{k}={float(v):g}" for k, v in hyper.items()]
         for k, v in self.kwargs.items():
@@ -352,6 +408,6 @@ class LinearANLCELoss(LinearLoss):
 
 
 __all__ = ["linear_loss", "LinearLoss", "LinearANLCELoss"]
-for _name in R.LOSSES:
+for _name in R.public_names():
     globals()[f"linear_{_name}"] = _make(_name)
     __all__.append(f"linear_{_name}")

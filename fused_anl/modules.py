@@ -12,7 +12,7 @@ import warnings
 import torch
 
 from . import _registry as R
-from .functional import loss_by_name
+from .functional import check_options, loss_by_name
 from .recipes import l1_penalty
 
 _COMMON = dict(reduction="mean", ignore_index=-100, weight=None, backend="auto",
@@ -27,10 +27,21 @@ class FusedLoss(torch.nn.Module):
     _regularizer_asked = False
 
     def __init__(self, *, reduction="mean", ignore_index=-100, weight=None, backend="auto",
-                 detach_focal_weight=True, process_group=None, class_start=None, **hyper):
+                 detach_focal_weight=True, process_group=None, class_start=None, z_loss=0.0,
+                 logit_softcap=None, **hyper):
         super().__init__()
         self.process_group, self.class_start = process_group, class_start
         spec = R.spec_of(self.loss_name)
+        # the options of every loss (fused_anl/functional.py), and CE's label smoothing;
+        # kept when not at their defaults
+        label_smoothing = hyper.pop("label_smoothing", 0.0) if self.loss_name == "ce" else 0.0
+        check_options(self.loss_name, z_loss, logit_softcap, label_smoothing, False)
+        if self.loss_name in R.BATCH_LOSSES and (z_loss or logit_softcap is not None):
+            raise ValueError(f"{type(self).__name__}: z_loss and logit_softcap are not "
+                             "available for a loss with a batch term")
+        self.options = {k: v for k, v in (("label_smoothing", label_smoothing),
+                                          ("z_loss", z_loss), ("logit_softcap", logit_softcap))
+                        if v}
         if "delta" in hyper:
             raise TypeError(
                 f"{type(self).__name__}() got an unexpected keyword 'delta': delta is the L1 "
@@ -48,7 +59,7 @@ class FusedLoss(torch.nn.Module):
         return loss_by_name(self.loss_name, logits, target, reduction=self.reduction,
                             ignore_index=self.ignore_index, weight=self.weight,
                             backend=self.backend, process_group=self.process_group,
-                            class_start=self.class_start, **kw)
+                            class_start=self.class_start, **self.options, **kw)
 
     @property
     def l1_delta(self) -> float:
@@ -104,6 +115,7 @@ class FusedLoss(torch.nn.Module):
                     items.append("process_group=<set>")
             elif value != default:
                 items.append(f"{key}={value!r}")
+        items += [f"{k}={v:g}" for k, v in getattr(self, "options", {}).items()]
         if getattr(self, "num_classes", None) is not None:
             items.append(f"num_classes={self.num_classes}")
         return items
@@ -181,14 +193,21 @@ def _make(spec):
            + ", ".join([f"{k}={v}" for k, v in spec.hyper.items()]
                        + (["delta=0.0 (ANL's L1 weight: add regularizer(model) to the loss)"]
                           if anl else [])
+                       + (["label_smoothing=0.0"] if spec.name == "ce" else [])
                        + ["reduction='mean'", "ignore_index=-100", "weight=None", "backend='auto'"]
-                       + (["detach_focal_weight=True"] if spec.focal else [])))
+                       + (["detach_focal_weight=True"] if spec.focal else [])
+                       + ([] if spec.name in R.BATCH_LOSSES
+                          else ["z_loss=0.0", "logit_softcap=None"])))
     P = inspect.Parameter
     params = ([P("self", P.POSITIONAL_OR_KEYWORD)]
               + [P(k, P.POSITIONAL_OR_KEYWORD, default=v) for k, v in spec.hyper.items()]
               + ([P("delta", P.KEYWORD_ONLY, default=0.0)] if anl else [])
+              + ([P("label_smoothing", P.KEYWORD_ONLY, default=0.0)] if spec.name == "ce" else [])
               + [P(k, P.KEYWORD_ONLY, default=v) for k, v in _COMMON.items()
-                 if k != "detach_focal_weight" or spec.focal])
+                 if k != "detach_focal_weight" or spec.focal]
+              + ([] if spec.name in R.BATCH_LOSSES else
+                 [P("z_loss", P.KEYWORD_ONLY, default=0.0),
+                  P("logit_softcap", P.KEYWORD_ONLY, default=None)]))
     __init__.__signature__ = inspect.Signature(params)
     __init__.__qualname__ = f"{spec.module}.__init__"
     return type(spec.module, (base,), {"loss_name": spec.name, "__init__": __init__,

@@ -108,18 +108,30 @@ def _nnce_er(l, p, present, y_onehot, h, detach):
     return 1.0 - v.where(y_onehot, 0).sum(1) / v.sum(1)
 
 
+def _ls(l, p, present, y_onehot, h, detach, w=None):
+    # F.cross_entropy's label smoothing: (1 - eps) w_y (-l_y) + (eps / K) sum_k w_k (-l_k),
+    # over the K present classes (w: the class weights, or 1)
+    eps = h["label_smoothing"]
+    wk = torch.ones_like(l) if w is None else w.to(l.dtype).expand_as(l)
+    wy = wk.where(y_onehot, 0).sum(1)
+    smooth = -(wk * l).where(present, 0).sum(1) / present.sum(1).to(l.dtype)
+    return (1.0 - eps) * wy * -l.where(y_onehot, 0).sum(1) + eps * smooth
+
+
 ACTIVE = {R.A_CE: _ce, R.A_FL: _fl, R.A_NCE: _nce, R.A_NFL: _nfl}
 PASSIVE = {R.P_NNCE: _nnce, R.P_NNFL: _nnfl, R.P_MAE: _mae, R.P_RCE: _rce, R.P_GCE: _gce,
-           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse}
+           R.P_AGCE: _agce, R.P_AUL: _aul, R.P_AEL: _ael, R.P_AMSE: _amse, R.P_LS: _ls}
 
 
-def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape):
-    """Apply class weights, ignore_index and the reduction to per-row losses."""
+def reduce_rows(loss, t, weight, reduction, ignore_index, out_shape, weighted=False):
+    """Apply class weights, ignore_index and the reduction to per-row losses
+    (``weighted``: the rows carry their class weights already; the weights then only
+    divide the mean)."""
     keep = t != ignore_index
     w = keep.to(loss.dtype)
     if weight is not None:
         w = w * weight.to(loss.dtype)[t.clamp(0, weight.shape[0] - 1)]
-    loss = torch.where(keep, loss, torch.zeros_like(loss)) * w
+    loss = torch.where(keep, loss, torch.zeros_like(loss)) * (keep.to(loss.dtype) if weighted else w)
     if reduction == "none":
         return loss.reshape(out_shape)
     if reduction == "sum":
@@ -144,8 +156,23 @@ def batch_entropy(logits, target, *, p_min=1e-7, ignore_index=-100):
     return math.log(k) + (q * q.log()).sum()
 
 
+def softcap(z, cap):
+    """``cap * tanh(z / cap)`` (Gemma 2's logit soft cap); ``-inf`` stays ``-inf`` (an absent
+    class) and ``+inf`` becomes NaN (a non-finite logit poisons its row, as without a cap)."""
+    capped = cap * torch.tanh(z / cap)
+    capped = torch.where(z == float("inf"), float("nan"), capped)
+    return torch.where(z == float("-inf"), z, capped)
+
+
 def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, weight=None,
-                 backend="torch", detach_focal_weight=True, _passive=None, **hyper):
+                 backend="torch", detach_focal_weight=True, z_loss=0.0, logit_softcap=None,
+                 label_smoothing=0.0, return_lse=False, _passive=None, **hyper):
+    """The reference of ``fused_anl.<name>`` with the same keywords; ``label_smoothing``
+    (``ce`` only), ``z_loss``, ``logit_softcap`` and ``return_lse`` as documented there."""
+    if label_smoothing:
+        if name not in ("ce", "ce:ls"):
+            raise TypeError(f"{name}: label_smoothing is an option of ce only")
+        name, hyper = "ce:ls", dict(hyper, label_smoothing=label_smoothing)
     if name in R.BATCH_LOSSES:  # rows + lamb * E (fused_anl.functional._batch_loss)
         h = R.resolve_hyper(R.BATCH_LOSSES[name], hyper)
         rows = loss_by_name(f"{name}:rows", logits, target, reduction=reduction,
@@ -167,19 +194,35 @@ def loss_by_name(name, logits, target, *, reduction="mean", ignore_index=-100, w
     # ignored rows take no part: their logits, NaN or not, get an exact zero gradient
     # (F.cross_entropy gives NaN there: log_softmax's backward computes 0 * exp(NaN))
     z = torch.where(keep[:, None], z, torch.zeros((), dtype=z.dtype, device=z.device))
+    if logit_softcap:
+        z = softcap(z, logit_softcap)
     # a comparison, not one_hot (which reads the labels' values: not vmappable)
     y_onehot = torch.arange(k, device=z.device) == torch.where(keep, t, 0).clamp(0, k - 1)[:, None]
-    present = z > float("-inf")
+    # absent: -inf only; a NaN class is present (it poisons its row's sums, as in the
+    # kernels: a NaN or +inf logit makes the row NaN, docs/semantics.md)
+    present = z != float("-inf")
     l = torch.log_softmax(z, dim=1)
     p = l.exp()
     loss = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
     if spec.active != R.A_NONE:
         loss = loss + h["alpha"] * ACTIVE[spec.active](l, p, present, y_onehot, h,
                                                        detach_focal_weight)
-    if spec.passive != R.P_NONE:
+    ls = spec.passive == R.P_LS
+    if ls:  # the label's weight is inside the term (the smoothing part is not weighted by it)
+        loss = loss + _ls(l, p, present, y_onehot, h, detach_focal_weight, weight)
+    elif spec.passive != R.P_NONE:
         loss = loss + h["beta"] * (_passive or PASSIVE[spec.passive])(
             l, p, present, y_onehot, h, detach_focal_weight)
-    return reduce_rows(loss, t, weight, reduction, ignore_index, target.shape)
+    lse = torch.logsumexp(z, dim=1)
+    if z_loss:  # part of the sample's loss: weighted by its label's class weight
+        zl = z_loss * lse * lse
+        if ls and weight is not None:
+            zl = zl * weight.to(z.dtype)[torch.where(keep, t, 0).clamp(0, k - 1)]
+        loss = loss + zl
+    out = reduce_rows(loss, t, weight, reduction, ignore_index, target.shape, weighted=ls)
+    if return_lse:
+        return out, torch.where(keep, lse, 0.0).detach().reshape(target.shape)
+    return out
 
 
 def _make(name):

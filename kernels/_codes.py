@@ -16,12 +16,14 @@ from typing import Callable, Dict, Optional, Tuple
 
 A_NONE, A_CE, A_FL, A_NCE, A_NFL = 0, 1, 2, 3, 4
 (P_NONE, P_NNCE, P_NNFL, P_MAE, P_RCE, P_GCE, P_AGCE, P_AUL, P_AEL,
- P_AMSE) = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9
+ P_AMSE, P_LS) = 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10
 
 # Hyperparameter vector, in the compute dtype, read by the kernels.
 (H_ALPHA, H_BETA, H_GAMMA, H_Q, H_A, H_LOG_PMIN, H_A_NNCE, H_A_NNFL, H_C_PASS, H_RCE_A,
- H_P_FLOOR) = range(11)
-H_SIZE = 11
+ H_P_FLOOR, H_Z_LOSS, H_SOFTCAP, H_LS, H_LS_WEIGHTED) = range(15)
+H_SIZE = 15
+# Label smoothing with class weights: the K class weights follow the vector (slots
+# H_SIZE .. H_SIZE + K - 1), read per element by the ``ls`` term; H_LS_WEIGHTED is 1 then.
 
 # Per-row statistics as they travel between launches (split rows, class-parallel shards):
 # stats1 = (max, sum exp(z - max), sum (z - max), #present); stats2 = the lse-dependent
@@ -56,6 +58,15 @@ HYPERS: Dict[str, Hyper] = {
                "AMSE: the label's target value, any finite number). Default: {v}."),
     "p_min": Hyper(None, 1e-7, "p_min (float): probability floor of the normalized "
                    "negative term, in (0, 1). Default: {v}."),  # kernels read log p_min
+    "label_smoothing": Hyper(H_LS, 0.0, "label_smoothing (float): as ``F.cross_entropy``'s, in "
+                             "[0, 1]: the target is ``(1 - eps)`` on the label plus ``eps / K`` on "
+                             "every class. Default: {v}."),
+    # options of every loss, not a term's (fused_anl/functional.py): the z-loss coefficient
+    # and the logit soft cap (0: none)
+    "z_loss": Hyper(H_Z_LOSS, 0.0, "z_loss (float): coefficient of ``lse^2``, added to each "
+                    "sample's loss. Default: {v}."),
+    "logit_softcap": Hyper(H_SOFTCAP, 0.0, "logit_softcap (float): ``cap``, logits replaced by "
+                           "``cap * tanh(z / cap)`` (0: no cap). Default: {v}."),
     # not a term's: the weight of ANL-CE-ER's batch entropy term (fused_anl/batch_entropy.py)
     "lamb": Hyper(None, 0.0, "lamb (float): weight of the batch entropy term E (one number "
                   "per batch, added once). Default: {v}."),
@@ -152,6 +163,11 @@ TERMS: Tuple[Term, ...] = tuple([
     _T(P_AEL, "ael", "passive", "exp(-p_y / a)", ("a",), check=_a_pos),
     _T(P_AMSE, "amse", "passive", "mean_k (p_k - a [k == y])^2 over the K present classes",
        ("a",), stats2=True, per_element=True),
+    # CE with label smoothing (``ce``'s ``label_smoothing``; the loss ``ce:ls`` of the registry)
+    _T(P_LS, "ls", "passive", "-(1 - eps) w_y log p_y - (eps / K) sum_k w_k log p_k (w: class "
+       "weights or 1)", ("label_smoothing",), stats2=True, per_element=True,
+       check=lambda h: None if 0.0 <= h["label_smoothing"] <= 1.0 else
+       f"label_smoothing must lie in [0, 1], got {h['label_smoothing']}"),
 ])
 # by code (active and passive codes overlap: two tables)
 ACTIVE_TERMS: Dict[int, Term] = {t.code: t for t in TERMS if t.kind == "active"}

@@ -42,6 +42,7 @@ P_AGCE = tl.constexpr(C.P_AGCE)
 P_AUL = tl.constexpr(C.P_AUL)
 P_AEL = tl.constexpr(C.P_AEL)
 P_AMSE = tl.constexpr(C.P_AMSE)
+P_LS = tl.constexpr(C.P_LS)
 H_ALPHA = tl.constexpr(C.H_ALPHA)
 H_BETA = tl.constexpr(C.H_BETA)
 H_GAMMA = tl.constexpr(C.H_GAMMA)
@@ -53,6 +54,11 @@ H_A_NNFL = tl.constexpr(C.H_A_NNFL)
 H_C_PASS = tl.constexpr(C.H_C_PASS)
 H_RCE_A = tl.constexpr(C.H_RCE_A)
 H_P_FLOOR = tl.constexpr(C.H_P_FLOOR)
+H_Z_LOSS = tl.constexpr(C.H_Z_LOSS)
+H_SOFTCAP = tl.constexpr(C.H_SOFTCAP)
+H_LS = tl.constexpr(C.H_LS)
+H_LS_WEIGHTED = tl.constexpr(C.H_LS_WEIGHTED)
+H_SIZE = tl.constexpr(C.H_SIZE)
 NEG_INF = tl.constexpr(float("-inf"))
 # exp(x) = exp2(x log2 e): on the GPU tl.exp compiles to ex2.approx of x * log2 e plus a
 # fix-up for results under 2^-126 (about four instructions); tl.math.exp2 is the
@@ -96,10 +102,27 @@ def _focal_u(l, p, w, gamma, EXACT: tl.constexpr):
 
 
 @triton.jit
-def load_row(z_ptr, base, cols, s_k, K, DT: tl.constexpr):
-    """Columns [cols] of one row in the compute dtype; padding columns read as absent."""
-    z = tl.load(z_ptr + base + cols.to(tl.int64) * s_k, mask=cols < K, other=NEG_INF)
-    return z.to(DT)
+def softcap(z, h_ptr):
+    """``cap * tanh(z / cap)`` (cap: the vector's H_SOFTCAP); ``-inf`` stays ``-inf`` (an
+    absent class), ``+inf`` becomes NaN (its row is then NaN, as without a cap).
+    ``tanh x = sign(x) (1 - e) / (1 + e)``, ``e = exp(-2|x|)``: exact to an absolute
+    ~eps in tanh, i.e. ~eps * cap in the capped logit, the rounding of a logit of
+    magnitude cap (the softmax sees absolute errors; no cancellation matters beyond it)."""
+    cap = tl.load(h_ptr + H_SOFTCAP)
+    x = z / cap
+    e = tl.exp(-2.0 * tl.abs(x))
+    t = (1.0 - e) / (1.0 + e)
+    zc = cap * tl.where(x < 0, -t, t)
+    zc = tl.where(z == float("inf"), float("nan"), zc)
+    return tl.where(z == NEG_INF, z, zc)
+
+
+@triton.jit
+def softcap_grad(g, zc, h_ptr):
+    """The chain rule through the cap: ``g dz'/dz = g (1 - (z'/cap)^2)`` from the capped
+    logit ``zc`` (0 on absent classes, whose g is 0; NaN stays NaN)."""
+    t = zc / tl.load(h_ptr + H_SOFTCAP)
+    return g * tl.where(zc != NEG_INF, 1.0 - t * t, 0.0)
 
 
 @triton.jit
@@ -123,22 +146,11 @@ def stats1_block(z):
     return m, s, d, c
 
 
-@triton.jit
-def merge_stats1(m1, s1, d1, c1, m2, s2, d2, c2):
-    """Combine two stats1 tuples (each relative to its own max) into one."""
-    m = tl.maximum(m1, m2)
-    ms = tl.where(m > NEG_INF, m, 0.0)
-    m1s = tl.where(m1 > NEG_INF, m1, ms)  # an empty side has s = d = c = 0
-    m2s = tl.where(m2 > NEG_INF, m2, ms)
-    s = s1 * tl.exp(m1s - ms) + s2 * tl.exp(m2s - ms)
-    d = d1 + c1 * (m1s - ms) + d2 + c2 * (m2s - ms)
-    return m, s, d, c1 + c2
-
-
 # ----------------------------------------------------------------------------- the terms
 # Active units: ``<name>_elementwise(z, l, p, present, h_ptr, EXACT) -> (a1, ea)`` and
 # ``<name>_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT) -> (L, c1, c2, c3)``.
 # Passive units: ``<name>_elementwise(z, l, p, present, cols, y, h_ptr, EXACT) -> (b1, eb, bc)``
+# (``ls`` also takes ``col0``, see ``elementwise``)
 # and ``<name>_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT) -> (L, c1, c2, c3)``.
 # ``l``/``p``: the row's log-probabilities and probabilities (p = 0 where absent),
 # ``S = sum_k l_k`` over present classes, ``c`` = #present; A1, EA, B1, EB, BC: row sums
@@ -340,13 +352,50 @@ def amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
     return (D * D + B1) / c, -r * py * D, r * (py * D - B1), tl.zeros_like(ly) + r
 
 
+@triton.jit
+def ls_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr, col0):
+    """Label smoothing's b1 = w l, e = w (present classes) and bc = w [k == y], with w the
+    class weights (read after the constants vector when H_LS_WEIGHTED is 1) or 1: so
+    B1 = sum w_k l_k, EB = W = sum w_k and BC = w_y. ``col0``: the block's first column
+    (``cols`` are relative to it, see ``elementwise``)."""
+    w = tl.where(present, 1.0, 0.0).to(z.dtype)
+    if tl.load(h_ptr + H_LS_WEIGHTED) != 0:
+        w = tl.load(h_ptr + H_SIZE + col0 + cols, mask=present, other=0.0).to(z.dtype)
+    return tl.where(present, w * l, 0.0), w, tl.where(cols == y, w, 0.0)
+
+
+@triton.jit
+def ls_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+    """CE with label smoothing eps, as ``F.cross_entropy``: ``-(1 - eps) w_y l_y - (eps/K)
+    sum_k w_k l_k`` over the K = c present classes. With ``dl_k/dz_j = [k == j] - p_j``:
+    c1 = -(1 - eps) w_y, c2 = (1 - eps) w_y + (eps/K) W, c3 = -eps/K, e = w."""
+    eps = tl.load(h_ptr + H_LS)
+    r = eps / c
+    k1 = -(1.0 - eps) * BC
+    return k1 * ly - r * B1, k1, -k1 + r * EB, tl.zeros_like(ly) - r
+
+
+@triton.jit
+def z_loss_weight(BC, PASSIVE: tl.constexpr):
+    """The z-loss's own factor: the LS term carries its label's class weight itself (BC =
+    w_y; the rows are not scaled by it), so the z-loss takes it from there; 1 otherwise."""
+    w = BC * 0.0 + 1.0
+    if PASSIVE == P_LS:
+        w = BC
+    return w
+
+
 # -------------------------------------------------------------- the dispatch on the codes
 
 
 @triton.jit
-def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                EXACT: tl.constexpr):
+def elementwise(z, cols, y, col0, m, log_s, h_ptr, ACTIVE: tl.constexpr,
+                PASSIVE: tl.constexpr, EXACT: tl.constexpr):
     """Per-element (a1, ea, b1, eb, bc, p): what stats2 sums, what the gradient weights.
+
+    ``cols`` and the label ``y`` are relative to the block's first column ``col0`` (int32
+    arithmetic per element; kernels/row_loss.py ``_block_label``): a unit that reads
+    per-class data (label smoothing's class weights) reads it at ``col0 + cols``.
 
     a1/ea: the active term's stats2 value and e (its ``<name>_elementwise``); b1/eb/bc:
     the passive term's. Terms without an elementwise unit give zeros.
@@ -374,12 +423,14 @@ def elementwise(z, cols, y, m, log_s, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.c
         b1, eb, bc = rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     if PASSIVE == P_AMSE:
         b1, eb, bc = amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
+    if PASSIVE == P_LS:
+        b1, eb, bc = ls_elementwise(z, l, p, present, cols, y, h_ptr, EXACT, col0)
     return a1, ea, b1, eb, bc, p
 
 
 @triton.jit
 def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
-             PASSIVE: tl.constexpr, EXACT: tl.constexpr):
+             PASSIVE: tl.constexpr, EXACT: tl.constexpr, Z_LOSS: tl.constexpr = False):
     """Per-row loss, gradient coefficients (c1, c2a, c2b, c3a, c3b) and log s from the row sums."""
     log_s = tl.log(s)
     ly = (zy - m) - log_s
@@ -422,10 +473,22 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
         Lb, k1b, k2b, k3b = ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     if PASSIVE == P_AMSE:
         Lb, k1b, k2b, k3b = amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+    if PASSIVE == P_LS:
+        Lb, k1b, k2b, k3b = ls_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
     # 0, or NaN in a NaN row (s is NaN there, see stats1_block): added to every output,
     # since clamps (tl.maximum drops a NaN) and constant coefficients would not carry it.
     nan_row = log_s * 0.0
     L = alpha * La + beta * Lb + nan_row
     c1 = alpha * k1a + beta * k1b + nan_row
-    return (L, c1, alpha * k2a + nan_row, beta * k2b + nan_row, alpha * k3a + nan_row,
+    c2a = alpha * k2a + nan_row
+    # z-loss, zl lse^2 (lse = m + log s; the LS term carries its label weight BC = w_y, so
+    # the z-loss gets it too): d/dz_j = 2 zl lse p_j, a p-coefficient. A loss without it
+    # computes nothing (a compile-time flag: a runtime branch here made ptxas spill).
+    if Z_LOSS:
+        zl = tl.load(h_ptr + H_Z_LOSS)
+        lse = m + log_s
+        zs = zl * z_loss_weight(BC, PASSIVE)
+        L += zs * lse * lse
+        c2a += 2.0 * zs * lse
+    return (L, c1, c2a, beta * k2b + nan_row, alpha * k3a + nan_row,
             beta * k3b + nan_row, log_s)

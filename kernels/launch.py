@@ -222,7 +222,8 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
 
 @_device_guard
 def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_index,
-             compute_grad, grad_dtype=None, out=None):
+             compute_grad, grad_dtype=None, out=None, lse_out=None, softcap=False,
+             z_loss=False):
     """Per-row loss (compute dtype, weighted, 0 on ignored rows) and, if asked, the gradient.
 
     z3: (N, K, D) view of the logits (any strides); target: (N*D,) int32/int64;
@@ -233,6 +234,9 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
     tensor of any strides, receives it instead; it may be ``z3`` itself (the gradient
     overwrites the logits: every program reads its row, or block, before writing it,
     and the split-row path, whose programs read each other's columns, is not used).
+    ``lse_out``: an (N*D,) compute-dtype buffer for each row's lse (0 on ignored rows).
+    ``softcap``, ``z_loss``: the constants' H_SOFTCAP / H_Z_LOSS are set (compile-time
+    flags: the logits are capped as they are read; the epilogue adds the z-loss).
     """
     n, k, d = z3.shape
     rows = n * d
@@ -248,20 +252,23 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
               sms=sm_count(z3.device), l2=l2_bytes(z3.device), elem_bytes=z3.element_size(),
               loss=(active, passive))
     loss_args = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3),
-                     VEC=row_vec(z3, grad), **_columns(z3, grad, pl.block))
+                     VEC=row_vec(z3, grad), SOFTCAP=bool(softcap), Z_LOSS=bool(z_loss),
+                     **_columns(z3, grad, pl.block))
     if pl.path in ("single", "stream"):
         row_loss_kernel[(pl.grid or rows,)](
             **_logits(z3), **_labels(target, weight, den, hyper, ignore_index),
-            **_outputs(loss, grad), ROWS=rows,
+            **_outputs(loss, grad, lse_out), ROWS=rows,
             COMPUTE_GRAD=compute_grad, SINGLE=pl.path == "single",
             NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block, PERSISTENT=pl.grid > 0,
             num_warps=pl.num_warps, **loss_args)
         return loss, grad
-    part1 = _stats1_partials(z3, pl)
+    part1 = _stats1_partials(z3, pl, hyper, softcap=bool(softcap))
     part2 = _stats2_partials(z3, target, hyper, part1, pl, active=active, passive=passive,
-                             exact=exact) if needs_stats2(active, passive) else part1
+                             exact=exact, softcap=bool(softcap)
+                             ) if needs_stats2(active, passive) else part1
     _finish(z3, target, weight, den, hyper, hyper, part1, part2, loss, grad, pl,
-            ignore_index=ignore_index, sharded=False, compute_grad=compute_grad, **loss_args)
+            ignore_index=ignore_index, sharded=False, compute_grad=compute_grad,
+            lse_out=lse_out, **loss_args)
     return loss, grad
 
 
@@ -281,11 +288,12 @@ def _labels(target, weight, den, hyper, ignore_index):
                 HAS_WEIGHT=weight is not None, MEAN=den is not None)
 
 
-def _outputs(loss, grad):
-    """Per-row loss and the gradient (never written without COMPUTE_GRAD)."""
+def _outputs(loss, grad, lse=None):
+    """Per-row loss, the gradient (never written without COMPUTE_GRAD) and, if given, the
+    rows' lse."""
     g_n, g_k, g_d = grad.stride() if grad is not None else (0, 0, 0)
     return dict(loss_ptr=loss, g_ptr=grad if grad is not None else loss, g_n=g_n, g_k=g_k,
-                g_d=g_d)
+                g_d=g_d, lse_ptr=lse if lse is not None else loss, STORE_LSE=lse is not None)
 
 
 def _columns(z3, grad, block):
@@ -296,25 +304,26 @@ def _columns(z3, grad, block):
                 UNIT_GK=grad is None or grad.stride(1) == 1)
 
 
-def _stats1_partials(z3, pl):
+def _stats1_partials(z3, pl, hyper=None, softcap=False):
     """Launch 1 of split rows and shards: (rows, chunks, STATS1) stats1 per chunk."""
     n, k, d = z3.shape
     part = torch.empty((n * d, pl.chunks, STATS1), dtype=_cdtype(z3), device=z3.device)
     split_stats1_kernel[(n * d, pl.chunks)](
-        **_logits(z3), part_ptr=part, CHUNK=pl.chunk,
-        BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3), EPT=_columns(z3, None, pl.block)["EPT"],
-        UNIT_K=z3.stride(1) == 1, num_warps=pl.num_warps)
+        **_logits(z3), h_ptr=hyper if hyper is not None else part, part_ptr=part,
+        CHUNK=pl.chunk, SOFTCAP=softcap, BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3),
+        EPT=_columns(z3, None, pl.block)["EPT"], UNIT_K=z3.stride(1) == 1,
+        num_warps=pl.num_warps)
     return part
 
 
-def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact):
+def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact, softcap=False):
     """Launch 2: (rows, chunks, STATS2) lse-dependent sums per chunk, each program first
     combining the row's stats1 partials (one per chunk, or per rank for shards)."""
     n, k, d = z3.shape
     part2 = torch.empty((n * d, pl.chunks, STATS2), dtype=parts1.dtype, device=z3.device)
     split_stats2_kernel[(n * d, pl.chunks)](
         **_logits(z3), t_ptr=target, h_ptr=hyper, part1_ptr=parts1, part2_ptr=part2,
-        CHUNK=pl.chunk, NPART1=parts1.shape[1],
+        CHUNK=pl.chunk, NPART1=parts1.shape[1], SOFTCAP=softcap,
         ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), VEC=row_vec(z3),
         EPT=_columns(z3, None, pl.block)["EPT"], UNIT_K=z3.stride(1) == 1,
@@ -324,18 +333,18 @@ def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact):
 
 def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, *,
             ignore_index, sharded, compute_grad, ACTIVE, PASSIVE, EXACT, DT, VEC, EPT, UNIT_K,
-            UNIT_GK):
+            UNIT_GK, SOFTCAP=False, Z_LOSS=False, lse_out=None):
     """Launch 3: the loss (chunk 0 of each row) and each chunk's gradient columns."""
     n, k, d = z3.shape
     split_finish_kernel[(n * d, pl.chunks if compute_grad else 1)](
         **_logits(z3), **_labels(target, weight, den, hyper, ignore_index),
-        **_outputs(loss, grad), zy_ptr=zy, part1_ptr=parts1, part2_ptr=parts2,
+        **_outputs(loss, grad, lse_out), zy_ptr=zy, part1_ptr=parts1, part2_ptr=parts2,
         CHUNK=pl.chunk, NPART1=parts1.shape[1], NPART2=parts2.shape[1],
         SHARDED=sharded, COMPUTE_GRAD=compute_grad,
         NEEDS2=needs_stats2(ACTIVE, PASSIVE), BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])),
-        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, DT=DT, VEC=VEC, EPT=EPT, UNIT_K=UNIT_K,
-        UNIT_GK=UNIT_GK, num_warps=pl.num_warps)
+        ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, SOFTCAP=SOFTCAP, Z_LOSS=Z_LOSS, DT=DT,
+        VEC=VEC, EPT=EPT, UNIT_K=UNIT_K, UNIT_GK=UNIT_GK, num_warps=pl.num_warps)
 
 
 # ------------------------------------------------ class-parallel shards (no communication here)
@@ -366,7 +375,7 @@ def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
 
 @_device_guard
 def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, active, passive,
-                 exact, ignore_index, compute_grad):
+                 exact, ignore_index, compute_grad, z_loss=False):
     """Per-row loss and this shard's gradient columns from the combined statistics."""
     n, k, d = z3.shape
     loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
@@ -376,7 +385,7 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
         _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad, pl,
                 ignore_index=ignore_index, sharded=True, compute_grad=compute_grad,
                 ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3), VEC=row_vec(z3, grad),
-                **_columns(z3, grad, pl.block))
+                Z_LOSS=bool(z_loss), **_columns(z3, grad, pl.block))
     return loss, grad
 
 

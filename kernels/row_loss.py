@@ -24,6 +24,8 @@ from ._terms import (
     elementwise,
     epilogue,
     fast_exp,
+    softcap,
+    softcap_grad,
     stats1_block,
 )
 
@@ -61,9 +63,10 @@ def _row_base(row, D, s_n, s_d, VEC: tl.constexpr):
 
 
 @triton.jit
-def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, ignore_index,
-               HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SHARDED: tl.constexpr,
-               VEC: tl.constexpr, DT: tl.constexpr):
+def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row, D, s_n, s_d, s_k, K,
+               ignore_index, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
+               SHARDED: tl.constexpr, SOFTCAP: tl.constexpr, VEC: tl.constexpr,
+               DT: tl.constexpr):
     """Row base offset, label, label logit, validity and gradient scale of one row.
 
     SHARDED (class-parallel): the label logit and the row's class weight were
@@ -81,6 +84,8 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n, s_d, s_k, K, i
         in_range = (y >= 0) & (y < K)
         ys = tl.where(in_range, y, 0)
         zy = tl.load(z_ptr + base + ys * s_k).to(DT)
+        if SOFTCAP:
+            zy = softcap(zy, h_ptr)
         # A label out of range or on an absent class: NaN for this sample (docs/semantics.md).
         zy = tl.where(in_range & (zy > NEG_INF), zy, float("nan"))
         wy = zy * 0.0 + 1.0
@@ -112,11 +117,14 @@ def _ptrs(ptr, cols, s_k, UNIT_K: tl.constexpr):
 
 
 @triton.jit
-def _load_block(z_ptr, cols, s_k, n, UNIT_K: tl.constexpr, DT: tl.constexpr):
-    """The first ``n`` columns of the block at ``z_ptr`` in the compute dtype; columns at or
-    past ``n`` read as absent (-inf)."""
-    z = tl.load(_ptrs(z_ptr, cols, s_k, UNIT_K), mask=cols < n, other=NEG_INF)
-    return z.to(DT)
+def _load_block(z_ptr, cols, s_k, n, h_ptr, SOFTCAP: tl.constexpr, UNIT_K: tl.constexpr,
+                DT: tl.constexpr):
+    """The first ``n`` columns of the block at ``z_ptr`` in the compute dtype (capped with
+    SOFTCAP, kernels/_terms.py ``softcap``); columns at or past ``n`` read as absent (-inf)."""
+    z = tl.load(_ptrs(z_ptr, cols, s_k, UNIT_K), mask=cols < n, other=NEG_INF).to(DT)
+    if SOFTCAP:
+        z = softcap(z, h_ptr)
+    return z
 
 
 @triton.jit
@@ -128,8 +136,9 @@ def _block_label(y, start, BLOCK_K: tl.constexpr):
 
 
 @triton.jit
-def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, EPT: tl.constexpr,
-                  UNIT_K: tl.constexpr, DT: tl.constexpr):
+def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
+                  BLOCK_K: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr,
+                  DT: tl.constexpr):
     """stats1 (max, sum exp(z - max), sum (z - max), #present) of columns [lo, hi).
 
     Online per tile row (kernels/row_loss.py ``_tile``): each thread keeps the stats of
@@ -151,7 +160,7 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, EPT: tl.const
     c = tl.zeros((R,), DT)
     for start in range(lo, hi, BLOCK_K):
         z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
-                        UNIT_K, DT)
+                        h_ptr, SOFTCAP, UNIT_K, DT)
         mn = tl.maximum(m, tl.max(z, 1))
         ms = tl.where(mn > NEG_INF, mn, 0.0)
         mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
@@ -170,8 +179,9 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, BLOCK_K: tl.constexpr, EPT: tl.const
 
 @triton.jit
 def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
-                  PASSIVE: tl.constexpr, EXACT: tl.constexpr, BLOCK_K: tl.constexpr,
-                  EPT: tl.constexpr, UNIT_K: tl.constexpr, DT: tl.constexpr):
+                  PASSIVE: tl.constexpr, EXACT: tl.constexpr, SOFTCAP: tl.constexpr,
+                  BLOCK_K: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr,
+                  DT: tl.constexpr):
     """The lse-dependent sums (A1, EA, B1, EB, BC) of columns [lo, hi), accumulated per
     tile row and reduced across the block once at the end."""
     cols = _tile(BLOCK_K, EPT)
@@ -183,9 +193,9 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
     BC = tl.zeros((R,), DT)
     for start in range(lo, hi, BLOCK_K):
         z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
-                        UNIT_K, DT)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, _block_label(y, start, BLOCK_K), m, log_s,
-                                            h_ptr, ACTIVE, PASSIVE, EXACT)
+                        h_ptr, SOFTCAP, UNIT_K, DT)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, _block_label(y, start, BLOCK_K), start, m,
+                                            log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
         A1 += tl.sum(a1, 1)
         EA += tl.sum(ea, 1)
         B1 += tl.sum(b1, 1)
@@ -213,8 +223,8 @@ def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
 
 
 @triton.jit
-def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.constexpr,
-                  PASSIVE: tl.constexpr):
+def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                  ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, SOFTCAP: tl.constexpr):
     """scale (c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)), with the
     p-coefficients of ``_grad_coefs``. The p- and e-parts of a term are added first, so
     that a term whose parts nearly cancel (RCE on a confident wrong class) does so
@@ -240,14 +250,17 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE: tl.
         g += c2b * p + c3b * eb
     else:
         g += c2b * p
+    if SOFTCAP:
+        g = softcap_grad(g, z, h_ptr)  # the chain rule through the cap, at the capped z
     return g * scale
 
 
 @triton.jit
 def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                EXACT: tl.constexpr, BLOCK_K: tl.constexpr, EPT: tl.constexpr,
-                UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr, DT: tl.constexpr):
+                EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
+                EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
+                DT: tl.constexpr):
     """The gradient of columns [lo, hi); exactly 0 on an ignored row (whatever its
     logits: that row's loop stores zeros and reads nothing)."""
     cols = _tile(BLOCK_K, EPT)
@@ -255,12 +268,12 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid,
         c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
         for start in range(lo, hi, BLOCK_K):
             z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
-                            UNIT_K, DT)
+                            h_ptr, SOFTCAP, UNIT_K, DT)
             yb = _block_label(y, start, BLOCK_K)
-            a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, m, log_s, h_ptr, ACTIVE, PASSIVE,
-                                                EXACT)
-            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
-                              PASSIVE)
+            a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, start, m, log_s, h_ptr, ACTIVE,
+                                                PASSIVE, EXACT)
+            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                              ACTIVE, PASSIVE, SOFTCAP)
             tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
                      g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
     else:
@@ -271,12 +284,13 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid,
 
 
 @triton.jit
-def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
                     K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ROWS,
                     ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
                     HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
                     SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
-                    PERSISTENT: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
+                    PERSISTENT: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
+                    Z_LOSS: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
                     UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr, DT: tl.constexpr):
     """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
     fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
@@ -289,49 +303,52 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
     if PERSISTENT:
         grid = tl.num_programs(0)
         for i in range(0, tl.cdiv(ROWS - tl.program_id(0), grid)):
-            _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, K, D,
-                     s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
-                     HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, EPT, UNIT_K,
-                     UNIT_GK, DT)
+            _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+                     lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE,
+                     EXACT, HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP,
+                     STORE_LSE, Z_LOSS, VEC, EPT, UNIT_K, UNIT_GK, DT)
     else:
-        _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr,
-                 g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT,
-                 HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, VEC, EPT, UNIT_K, UNIT_GK,
-                 DT)
+        _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr, K, D, s_n,
+                 s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT, HAS_WEIGHT, MEAN,
+                 COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP, STORE_LSE, Z_LOSS, VEC, EPT,
+                 UNIT_K, UNIT_GK, DT)
 
 
 @triton.jit
-def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
+def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
              ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
              HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
              SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
+             SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr, Z_LOSS: tl.constexpr,
              VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
              DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, row, D, s_n,
-                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
-                                               False, VEC, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row,
+                                               D, s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT,
+                                               MEAN, False, SOFTCAP, VEC, DT)
     gbase = _row_base(row, D, g_n, g_d, VEC)
     if SINGLE:
         cols = tl.arange(0, BLOCK_K)
         yb = _block_label(y, 0, BLOCK_K)
-        z = _load_block(z_ptr + base, cols, s_k, K, UNIT_K, DT)
+        z = _load_block(z_ptr + base, cols, s_k, K, h_ptr, SOFTCAP, UNIT_K, DT)
         m, s, d, c = stats1_block(z)
         log_s = tl.log(s)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, m, log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
+        a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, 0, m, log_s, h_ptr, ACTIVE, PASSIVE,
+                                            EXACT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
-                                            ACTIVE, PASSIVE, EXACT)
+                                            ACTIVE, PASSIVE, EXACT, Z_LOSS)
         if COMPUTE_GRAD:
             c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
-            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, ACTIVE,
-                              PASSIVE)
+            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                              ACTIVE, PASSIVE, SOFTCAP)
             g = tl.where(valid, g, 0.0)  # exactly 0 on an ignored row, whatever its logits
             tl.store(_ptrs(g_ptr + gbase, cols, g_k, UNIT_GK), g.to(g_ptr.dtype.element_ty),
                      mask=cols < K)
     else:
-        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, BLOCK_K, EPT, UNIT_K, DT)
+        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, UNIT_K,
+                                   DT)
         log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
@@ -340,14 +357,17 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
         BC = tl.zeros((), DT)
         if NEEDS2:
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
-                                               ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT, UNIT_K, DT)
+                                               ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, EPT,
+                                               UNIT_K, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
-                                            ACTIVE, PASSIVE, EXACT)
+                                            ACTIVE, PASSIVE, EXACT, Z_LOSS)
         if COMPUTE_GRAD:
             _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
-                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
-                        UNIT_K, UNIT_GK, DT)
+                        c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
+                        EPT, UNIT_K, UNIT_GK, DT)
     tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+    if STORE_LSE:
+        tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
 
 
 # ---------------------------------------------------------------- split rows
@@ -371,8 +391,8 @@ def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
-                        BLOCK_K: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
+def split_stats1_kernel(z_ptr, h_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
+                        SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
                         UNIT_K: tl.constexpr, DT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
@@ -380,8 +400,8 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
     K = _aligned(K, VEC)
     base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
-    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), BLOCK_K, EPT,
-                               UNIT_K, DT)
+    m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), h_ptr, SOFTCAP,
+                               BLOCK_K, EPT, UNIT_K, DT)
     ptr = part_ptr + (row * P + pid) * S1
     tl.store(ptr, m)
     tl.store(ptr + 1, s)
@@ -392,7 +412,8 @@ def split_stats1_kernel(z_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
 @triton.jit
 def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_k, s_d, CHUNK,
                         NPART1, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                        EXACT: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr,
+                        EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
+                        P_BLOCK: tl.constexpr,
                         VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr,
                         DT: tl.constexpr):
     """stats2 partials of chunk pid; the row's NPART1 stats1 partials are combined first
@@ -407,7 +428,7 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
     log_s = tl.log(s)
     lo = pid * CHUNK
     A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), y, m,
-                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
+                                       log_s, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, EPT,
                                        UNIT_K, DT)
     ptr = part2_ptr + (row * P + pid) * S2
     tl.store(ptr, A1)
@@ -419,11 +440,12 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
 
 @triton.jit
 def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, part2_ptr,
-                        loss_ptr, g_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, CHUNK,
-                        NPART1, NPART2, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
-                        EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
-                        SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr, NEEDS2: tl.constexpr,
-                        BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, VEC: tl.constexpr,
+                        loss_ptr, g_ptr, lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d,
+                        ignore_index, CHUNK, NPART1, NPART2, ACTIVE: tl.constexpr,
+                        PASSIVE: tl.constexpr, EXACT: tl.constexpr, HAS_WEIGHT: tl.constexpr,
+                        MEAN: tl.constexpr, SHARDED: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
+                        NEEDS2: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
+                        Z_LOSS: tl.constexpr, BLOCK_K: tl.constexpr, P_BLOCK: tl.constexpr, VEC: tl.constexpr,
                         EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
                         DT: tl.constexpr):
     """Loss (chunk 0 of each row) and the gradient of this program's chunk, from the
@@ -431,9 +453,9 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     K = _aligned(K, VEC)
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, row, D, s_n,
-                                               s_d, s_k, K, ignore_index, HAS_WEIGHT, MEAN,
-                                               SHARDED, VEC, DT)
+    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row,
+                                               D, s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT,
+                                               MEAN, SHARDED, SOFTCAP, VEC, DT)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
@@ -449,13 +471,15 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
         EB = tl.sum(tl.load(ptr + 3, mask=i < NPART2, other=0.0), 0)
         BC = tl.sum(tl.load(ptr + 4, mask=i < NPART2, other=0.0), 0)
     L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
-                                        ACTIVE, PASSIVE, EXACT)
+                                        ACTIVE, PASSIVE, EXACT, Z_LOSS)
     if pid == 0:
         tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+        if STORE_LSE:
+            tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
     if COMPUTE_GRAD:
         gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
         _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m,
                     log_s, valid,
-                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, BLOCK_K, EPT,
-                    UNIT_K, UNIT_GK, DT)
+                    scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
+                    EPT, UNIT_K, UNIT_GK, DT)

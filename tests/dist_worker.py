@@ -58,7 +58,7 @@ def run(rank, world, store, names, backends, boundary_labels):
     weight = torch.rand(k, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
     for name in names:
         for backend in backends:
-            for reduction, w in (("mean", None), ("sum", weight), ("none", None)):
+            for reduction, w in (("mean", weight), ("sum", None), ("none", None)):
                 full = z.clone().requires_grad_(True)
                 ref = getattr(fused_anl, name)(full, t, reduction=reduction, weight=w,
                                                backend="torch")
@@ -212,4 +212,44 @@ def run_anl_ce_er(rank, world, store, backend):
         torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12, msg=tag)
         torch.testing.assert_close(shard.grad, full.grad[:, rank * kl:(rank + 1) * kl],
                                    rtol=1e-10, atol=1e-12, msg=tag)
+    _finish()
+
+
+def run_options(rank, world, store):
+    """z_loss, CE's label smoothing (no class weights) and return_lse on class shards, both
+    backends: the full loss, this rank's gradient slice and the full rows' lse; the soft
+    cap and weighted label smoothing are refused with a clear error."""
+    _init(rank, world, store)
+    import fused_anl
+    k = 8 * world
+    kl = k // world
+    z, t = make_batch(k, seed=world + 5)
+    weight = torch.rand(k, generator=torch.Generator().manual_seed(2), dtype=torch.float64) + 0.5
+    cases = [("ce", dict(label_smoothing=0.2, z_loss=1e-2), None),
+             ("ce", dict(z_loss=1e-2), weight), ("anl_ce", dict(z_loss=1e-3), None),
+             ("nce_rce", dict(z_loss=1e-3), weight)]
+    for backend in ("torch", "triton"):
+        for name, kw, w in cases:
+            full = z.clone().requires_grad_(True)
+            ref, ref_lse = fused_anl.reference.loss_by_name(name, full, t, weight=w,
+                                                            return_lse=True, **kw)
+            ref.backward()
+            shard = z[:, rank * kl:(rank + 1) * kl].clone().requires_grad_(True)
+            out, lse = getattr(fused_anl, name)(shard, t, weight=w, backend=backend,
+                                                process_group=dist.group.WORLD,
+                                                return_lse=True, **kw)
+            out.backward()
+            tag = f"{name}/{kw}/{backend} rank {rank}"
+            torch.testing.assert_close(out, ref.detach(), rtol=1e-10, atol=1e-12, msg=tag)
+            torch.testing.assert_close(lse, ref_lse, rtol=1e-12, atol=1e-12, msg=tag)
+            torch.testing.assert_close(shard.grad, full.grad[:, rank * kl:(rank + 1) * kl],
+                                       rtol=1e-10, atol=1e-12, msg=tag)
+    shard = z[:, rank * kl:(rank + 1) * kl]
+    for kw, w in ((dict(logit_softcap=5.0), None), (dict(label_smoothing=0.1), weight)):
+        try:
+            fused_anl.ce(shard, t, weight=w, process_group=dist.group.WORLD, **kw)
+        except ValueError as e:
+            assert "not supported with process_group" in str(e), e
+        else:
+            raise AssertionError(f"{kw} with process_group did not raise")
     _finish()

@@ -102,8 +102,9 @@ def test_module_preset_config_and_errors():
         fused_anl.anl_ce_er(z, t, p_min=0.5)
     with pytest.raises(TypeError, match="unexpected keyword"):
         fused_anl.anl_ce_er(z, t, gamma=0.5)
-    with pytest.raises(ValueError, match="unknown loss"):
-        fused_anl.linear_loss("anl_ce_er", z[:, :4], torch.randn(37, 4, dtype=z.dtype), t)
+    with pytest.raises(ValueError, match="p_min must lie in"):  # the fused linear form too
+        fused_anl.linear_loss("anl_ce_er", z[:, :4], torch.randn(37, 4, dtype=z.dtype), t,
+                              p_min=0.5)
 
 
 def test_double_backward_through_the_reference():
@@ -144,3 +145,36 @@ def test_second_derivative_raises_without_double_backward():
     (g,) = torch.autograd.grad(fused_anl.anl_ce_er(x, t, **H), x, create_graph=True)
     with pytest.raises(RuntimeError):
         torch.autograd.grad(g.square().sum(), x)
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_linear_path(backend):
+    """linear_loss("anl_ce_er", ...) equals the reference on the formed logits: the value
+    and the gradients of hidden, weight and bias (several chunks, an ignored row, class
+    weights on the rows, every reduction), with the logits never formed whole."""
+    g = torch.Generator().manual_seed(7)
+    h = (torch.randn(11, 6, generator=g, dtype=torch.float64)).to(DEVICE)
+    W = (torch.randn(9, 6, generator=g, dtype=torch.float64) * 2).to(DEVICE)
+    b = torch.randn(9, generator=g, dtype=torch.float64).to(DEVICE)
+    t = torch.randint(0, 9, (11,), generator=g).to(DEVICE)
+    t[4] = -100
+    cw = (torch.rand(9, generator=g, dtype=torch.float64) + 0.5).to(DEVICE)
+    hyper = dict(alpha=5.0, beta=5.0, lamb=2.0, p_min=1e-4)
+    for reduction, w in (("mean", None), ("sum", cw), ("none", None)):
+        args = [x.clone().requires_grad_(True) for x in (h, W, b)]
+        ours = fused_anl.linear_anl_ce_er(args[0], args[1], t, args[2], reduction=reduction,
+                                         class_weight=w, chunk_size=4, backend=backend, **hyper)
+        go = torch.rand(ours.shape, generator=g, dtype=torch.float64).to(DEVICE)
+        grads = torch.autograd.grad(ours, args, go)
+        ref_args = [x.clone().requires_grad_(True) for x in (h, W, b)]
+        logits = ref_args[0] @ ref_args[1].t() + ref_args[2]
+        ref = reference.anl_ce_er(logits, t, reduction=reduction, weight=w, **hyper)
+        ref_grads = torch.autograd.grad(ref, ref_args, go)
+        torch.testing.assert_close(ours, ref, rtol=1e-10, atol=1e-12)
+        for a, r in zip(grads, ref_grads):
+            torch.testing.assert_close(a, r, rtol=1e-9, atol=1e-12)
+    with pytest.raises(ValueError, match="batch term"):
+        fused_anl.linear_loss("anl_ce_er", h, W, t, z_loss=1e-3)
+    module = fused_anl.LinearLoss("anl_ce_er", lamb=2.0, chunk_size=4, backend=backend)
+    assert "anl_ce_er" in repr(module) and "lamb=2" in repr(module)
+    torch.testing.assert_close(module(h, W, t, b), reference.anl_ce_er(h @ W.t() + b, t, lamb=2.0))

@@ -81,3 +81,8 @@ def test_dtensor_logits_sharded_on_classes(backend):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_anl_ce_er_on_class_shards(backend):
     _spawn_workers(dist_worker.run_anl_ce_er, 2, backend)
+
+
+def test_options_on_class_shards():
+    """z_loss, label smoothing and return_lse on 2 ranks, both backends."""
+    _spawn_workers(dist_worker.run_options, 2)

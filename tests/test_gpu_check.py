@@ -25,7 +25,7 @@ def test_slices_fit_the_five_minutes():
     assert all(s <= 540 for _, s in gpu_check.LONG.values())
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave modules
 def rehearsal(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu_check")
     env = dict(os.environ, GPU_CHECK_OUT=str(out),

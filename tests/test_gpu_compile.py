@@ -22,7 +22,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave modules
 def sm90(tmp_path_factory):
     pytest.importorskip("triton")
     out = tmp_path_factory.mktemp("sm90") / "rows.json"
@@ -71,7 +71,7 @@ print(json.dumps(dict(stream=stream, model=m, spill=spill)))
 """
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # once per test process: xdist may interleave modules
 def roofline_probe():
     pytest.importorskip("triton")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

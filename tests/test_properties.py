@@ -27,7 +27,7 @@ def batches(draw):
     return z.to(DEVICE), t.to(DEVICE)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=30, deadline=None, derandomize=True)  # the same examples every run (CI)
 @given(batches(), st.sampled_from(["triton", "torch"]),
        st.sampled_from(["anl_ce", "nnce", "anl_fl", "nce_rce", "sce", "nce_agce"]))
 def test_fused_equals_reference_and_stays_in_range(batch, backend, name):

@@ -93,8 +93,10 @@ def test_codes_are_the_tables():
 
 def test_every_loss_uses_declared_terms_and_every_term_is_used():
     used = set()
-    # the row losses and the row parts of the batch losses (ANL-CE-ER: NCE + NNCE)
-    for spec in list(fused_anl.LOSSES.values()) + list(R.ROW_PARTS.values()):
+    # the row losses, the row parts of the batch losses (ANL-CE-ER: NCE + NNCE) and the
+    # variants (CE with label smoothing)
+    for spec in (list(fused_anl.LOSSES.values()) + list(R.ROW_PARTS.values())
+                 + list(R.VARIANTS.values())):
         a, p = spec.terms
         assert a.kind == "active" and p.kind == "passive"
         assert (a.name, p.name) != ("none", "none")

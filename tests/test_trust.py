@@ -86,7 +86,7 @@ def test_nonfinite_mean_is_nan_but_other_rows_keep_their_gradient(backend):
     torch.testing.assert_close(g[2:], rg[2:], rtol=1e-4, atol=1e-6)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=25, deadline=None, derandomize=True)  # the same examples every run (CI)
 @given(name=st.sampled_from(ALL), backend=st.sampled_from(["triton", "torch"]),
        k=st.integers(2, 40), seed=st.integers(0, 2**31 - 1),
        kinds=st.lists(st.sampled_from(["nan", "inf", "-inf", "huge", "-huge"]), min_size=1,
