@@ -22,8 +22,11 @@ validation) are its row of kernels/_codes.py ``TERMS``, and ``elementwise`` and
 
 Derivations use ``dl_k/dz_j = [k == j] - p_j`` and ``dp_y/dz_j = p_y([j==y] - p_j)``.
 """
+import os
+
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import libdevice
 
 from . import _codes as C
 
@@ -67,6 +70,27 @@ NEG_INF = tl.constexpr(float("-inf"))
 LOG2E = tl.constexpr(1.4426950408889634)
 
 
+# log2 per element: tl.math.log2 (and tl.log) compile to libdevice's accurate software
+# logarithm in float32, about 20 instructions per element on sm_90 (12 of them FFMA);
+# libdevice's fast_log2f is one MUFU.LG2 (lg2.approx), absolute error <= 2^-22.6 (PTX ISA),
+# so exp2(g * log2 x) gains a relative error <= g 2^-22.6 ln 2 (~0.9 g eps), beside
+# ex2.approx's own. The interpreter has no libdevice: it runs numpy's exact log2 (as its
+# exp2 is exact where the GPU's is ex2.approx).
+INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+
+
+@triton.jit
+def fast_log2(x):
+    """log2(x), per element: MUFU.LG2 in float32 on the GPU (see INTERPRETED), exact in
+    float64 and under the interpreter. log2(0) = -inf."""
+    if x.dtype == tl.float64:
+        return tl.math.log2(x)
+    elif INTERPRETED:
+        return tl.math.log2(x)
+    else:
+        return libdevice.fast_log2f(x)
+
+
 @triton.jit
 def fast_exp(x):
     """exp(x), per element: ``exp2(x * LOG2E)`` in float32; ``tl.exp`` in float64, where a
@@ -88,6 +112,19 @@ def _pow(x, e):
     else:
         r = tl.math.exp2(e * tl.math.log2(xs))
     return tl.where(x > 0, r, tl.where(e == 0, 1.0, 0.0))
+
+
+@triton.jit
+def _focal_weight(p, gamma):
+    """``(1 - p)^gamma`` per element, for ``gamma >= 0`` (checked by the API): ``_pow`` with
+    one guard fewer and the GPU's approximate log2 (``fast_log2``). ``1 - p`` is clamped at 0 (a p rounded over 1), whose log2 is -inf,
+    so ``exp2(gamma * -inf) = 0`` for gamma > 0; gamma == 0 gives 1 everywhere (0**0)."""
+    x = tl.maximum(1.0 - p, 0.0)
+    if x.dtype == tl.float64:
+        r = tl.exp(gamma * tl.log(x))
+    else:
+        r = tl.math.exp2(gamma * fast_log2(x))
+    return tl.where(gamma == 0, 1.0, r)
 
 
 @triton.jit
@@ -127,7 +164,9 @@ def softcap_grad(g, zc, h_ptr):
 
 @triton.jit
 def stats1_block(z):
-    """(max, sum exp(z - max), sum (z - max), #present) of one block; absent entries skipped.
+    """(max, sum exp(z - max), sum (z - max), #present) of one block, absent entries
+    skipped, and the exponentials ``exp(z - max)`` it summed (0 where absent): a row held
+    in one block has its probabilities ``p = e / s`` from them (``probs``).
 
     Non-finite logits: ``s`` masks only the absent entries (``z == -inf``), not
     ``z > -inf``, so a NaN (for which every comparison is false) or a ``+inf`` (then
@@ -140,10 +179,12 @@ def stats1_block(z):
     present = z > NEG_INF
     m = tl.max(z, 0)
     ms = tl.where(m > NEG_INF, m, 0.0)
-    s = tl.sum(tl.where(z == NEG_INF, 0.0, fast_exp(z - ms)), 0)
+    # exp(-inf - ms) is 0: the absent entries need no mask (ms is never -inf)
+    e = fast_exp(z - ms)
+    s = tl.sum(e, 0)
     d = tl.sum(tl.where(present, z - ms, 0.0), 0)
     c = tl.sum(tl.where(present, 1.0, 0.0).to(z.dtype), 0)
-    return m, s, d, c
+    return m, s, d, c, e
 
 
 # ----------------------------------------------------------------------------- the terms
@@ -192,7 +233,7 @@ def nce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
 def nfl_elementwise(z, l, p, present, h_ptr, EXACT: tl.constexpr):
     """NFL's a1 = w l (summed to T) and e = u, on present classes."""
     gamma = tl.load(h_ptr + H_GAMMA)
-    w = _pow(1.0 - p, gamma)
+    w = _focal_weight(p, gamma)
     return (tl.where(present, w * l, 0.0),
             tl.where(present, _focal_u(l, p, w, gamma, EXACT), 0.0))
 
@@ -229,16 +270,22 @@ def nnce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
 
 @triton.jit
 def nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
-    """NNFL's b1 = A' - FL_k and e = m u (both 0 where clamped or absent)."""
+    """NNFL's b1 = A' - FL_k and e = m u (both 0 where clamped or absent).
+
+    Where a class is not clamped (``l >= log p_min``) its clamped ``l`` and ``p`` are the
+    row's own, so ``w = (1 - p)^gamma`` is written from ``p``: the same expression as
+    NFL's (``nfl_elementwise``), which the compiler then computes once for ANL-FL (two
+    MUFU per element, and the exp of the clamped l, saved); where it is clamped both
+    outputs are 0, whatever w is there.
+    """
     log_pmin = tl.load(h_ptr + H_LOG_PMIN)
     gamma = tl.load(h_ptr + H_GAMMA)
-    lc = tl.maximum(l, log_pmin)
-    pc = fast_exp(lc)
-    w = _pow(1.0 - pc, gamma)
+    w = _focal_weight(p, gamma)
+    kept = l >= log_pmin
     # A' - FL_k >= 0, exactly 0 where clamped (computing it there would leave a
     # rounding residue of ~eps A' per clamped class).
-    b1 = tl.where(l >= log_pmin, tl.load(h_ptr + H_A_NNFL) + w * lc, 0.0)
-    eb = tl.where(l >= log_pmin, _focal_u(l, p, w, gamma, EXACT), 0.0)
+    b1 = tl.where(kept, tl.load(h_ptr + H_A_NNFL) + w * l, 0.0)
+    eb = tl.where(kept, _focal_u(l, p, w, gamma, EXACT), 0.0)
     return b1, eb, tl.zeros_like(z)
 
 
@@ -389,9 +436,22 @@ def z_loss_weight(BC, PASSIVE: tl.constexpr):
 
 
 @triton.jit
-def elementwise(z, cols, y, col0, m, log_s, h_ptr, ACTIVE: tl.constexpr,
-                PASSIVE: tl.constexpr, EXACT: tl.constexpr):
-    """Per-element (a1, ea, b1, eb, bc, p): what stats2 sums, what the gradient weights.
+def probs(z, m, log_s):
+    """The row's log-probabilities ``l`` and probabilities ``p`` at the logits ``z`` of one
+    block, from the row's max ``m`` and ``log s`` (stats1): ``(z - m) - log s``, not
+    ``z - lse``: exact for the max entry, and no absolute error of eps * |lse| for exp() to
+    amplify (it matters for logits of large magnitude). An absent class (-inf) has
+    ``l = -inf`` and ``p = 0`` without a mask; a NaN row (s NaN) NaN everywhere."""
+    l = (z - m) - log_s
+    return l, fast_exp(l)
+
+
+@triton.jit
+def elementwise(z, l, p, cols, y, col0, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+                EXACT: tl.constexpr):
+    """Per-element (a1, ea, b1, eb, bc): what stats2 sums, what the gradient weights, at the
+    logits ``z`` of one block, their ``l`` and ``p`` (``probs``, or from stats1's
+    exponentials where the row is one block).
 
     ``cols`` and the label ``y`` are relative to the block's first column ``col0`` (int32
     arithmetic per element; kernels/row_loss.py ``_block_label``): a unit that reads
@@ -401,10 +461,6 @@ def elementwise(z, cols, y, col0, m, log_s, h_ptr, ACTIVE: tl.constexpr,
     the passive term's. Terms without an elementwise unit give zeros.
     """
     present = z > NEG_INF
-    # (z - m) - log s, not z - lse: exact for the max entry, and no absolute error
-    # of eps * |lse| for exp() to amplify (it matters for logits of large magnitude).
-    l = (z - m) - log_s
-    p = tl.where(present, fast_exp(l), 0.0)  # (a NaN row's gradient: epilogue's nan_row)
     zero = tl.zeros_like(z)
     a1 = zero
     ea = zero
@@ -425,7 +481,7 @@ def elementwise(z, cols, y, col0, m, log_s, h_ptr, ACTIVE: tl.constexpr,
         b1, eb, bc = amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
     if PASSIVE == P_LS:
         b1, eb, bc = ls_elementwise(z, l, p, present, cols, y, h_ptr, EXACT, col0)
-    return a1, ea, b1, eb, bc, p
+    return a1, ea, b1, eb, bc
 
 
 @triton.jit

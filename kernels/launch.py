@@ -28,11 +28,10 @@ class LaunchConfig:
     split_chunk: int = 32768  # columns per program in the split-row path
     split_max_rows: int = 256  # split rows only when there are at most this many rows
     max_chunks: int = 1024  # cap on chunks per row (the combine step loads them all)
-    # Block elements per thread: num_warps = block / (32 * this). 16 (16 warps at 8192):
-    # at 32 (the old 8 warps at 8192) the heaviest losses sat at the 255-register cap with
-    # 1 block of 8 warps per SM on sm_90; at 16 none needs more than ~130 registers or
-    # spills (benchmarks/kernel_resources.py, results/static-sm90-*). Time: tune.py.
-    elems_per_thread: int = 16
+    # Block elements per thread: num_warps = block / (32 * this). 0: the policy table
+    # ELEMS_PER_THREAD (16 for most losses); a value here applies to every loss and path
+    # (tests, benchmarks/tune.py).
+    elems_per_thread: int = 0
     max_warps: int = 32  # num_warps is clamped to [4, max_warps] (32: 1024 threads)
     # Streaming rows on a persistent grid sized from the L2 (stream_grid): the rows in
     # flight take at most l2_fraction of the L2, with 1 to max_programs_per_sm programs
@@ -64,27 +63,39 @@ def config(**overrides):
         _config = old
 
 
-# Per-loss exceptions to LaunchConfig.elems_per_thread on the streaming and split paths,
-# keyed by (active, passive) term codes: losses whose loop bodies at the default (16 per
-# thread, 8 warps at a block of 4096) need so many registers that fewer than a quarter of
-# an SM's warp slots are resident. NFL + RCE keeps all five stats2 sums per thread and
-# NFL's power: 144 registers at 16 per thread (one block of 8 warps per SM), 96 at 8
-# (16 warps, 0.25). (benchmarks/kernel_resources.py; tests/test_gpu_compile.py checks
-# occupancy >= 0.25 and no spills for every loss.)
-STREAM_ELEMS_PER_THREAD = {
-    (C.A_NFL, C.P_RCE): 8,
+# The launch policy's elements per thread (block elements per thread: num_warps = block /
+# (32 x this)), by path ("single": a row in one block; "blocks": the streaming and split
+# paths, whose loop bodies are the same) and loss ((active, passive) term codes), where
+# the default is not the best. Static sm_90 figures (benchmarks/kernel_resources.py;
+# tests/test_gpu_compile.py checks occupancy >= 0.25 and no spills for every loss):
+# - 16 by default (16 warps at 8192): at 32 the heaviest losses sat at the 255-register
+#   cap with 1 block of 8 warps per SM; at 16 none needs more than ~130 registers.
+# - plain CE in one block: 32 (8 warps at 8192, 47 registers, occupancy 0.62): the row's
+#   reductions and epilogue cost ~200 instructions per thread whatever it holds, 12.5
+#   per element at 16 per thread, 6 at 32 (29.9 -> 23.4 instructions per element).
+# - NFL + RCE streaming: 8; it keeps all five stats2 sums per thread and NFL's power:
+#   144 registers at 16 per thread (one block of 8 warps per SM), 96 at 8 (0.25).
+DEFAULT_ELEMS_PER_THREAD = 16
+ELEMS_PER_THREAD = {
+    ("single", (C.A_CE, C.P_NONE)): 32,
+    ("blocks", (C.A_NFL, C.P_RCE)): 8,
 }
 
 
-def _elems_per_thread(cfg: LaunchConfig, loss=None) -> int:
-    """Block elements per thread on the streaming and split paths for ``loss`` ((active,
-    passive) codes, or None): the table's value, never more than the config's."""
-    return min(cfg.elems_per_thread, STREAM_ELEMS_PER_THREAD.get(loss, cfg.elems_per_thread))
+def elems_per_thread(path: str, loss=None, cfg: LaunchConfig | None = None) -> int:
+    """Block elements per thread for ``path`` ("single" or "blocks") and ``loss`` ((active,
+    passive) codes, or None): the config's value if it sets one, else the policy table's
+    (``ELEMS_PER_THREAD``), else ``DEFAULT_ELEMS_PER_THREAD``."""
+    cfg = cfg or _config
+    if cfg.elems_per_thread:
+        return cfg.elems_per_thread
+    return ELEMS_PER_THREAD.get((path, loss), DEFAULT_ELEMS_PER_THREAD)
 
 
 def _warps(block: int, cfg: LaunchConfig | None = None, ept: int = 0) -> int:
     cfg = cfg or _config
-    return max(4, min(cfg.max_warps, block // (32 * (ept or cfg.elems_per_thread))))
+    return max(4, min(cfg.max_warps, block // (32 * (ept or elems_per_thread("blocks", None,
+                                                                                cfg)))))
 
 
 def row_vec(z3, grad=None) -> int:
@@ -202,15 +213,15 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
     which rules out split rows. ``shard``: a class-parallel shard of K classes, read as
     one chunk of the split-row kernels. Streaming rows run on the grid of
     ``stream_grid``. ``loss``: the (active, passive) term codes, for the per-loss
-    elements per thread of the streaming and split paths (``STREAM_ELEMS_PER_THREAD``)."""
+    elements per thread of each path (``ELEMS_PER_THREAD``)."""
     cfg = cfg or _config
-    ept = _elems_per_thread(cfg, loss)
+    ept = elems_per_thread("blocks", loss, cfg)
     if shard:
         block = min(cfg.block_k, triton.next_power_of_2(k))
         return Plan("split", block, _warps(block, cfg, ept), chunk=k, chunks=1)
     if k <= cfg.max_single_k:
         block = triton.next_power_of_2(k)
-        return Plan("single", block, _warps(block, cfg))
+        return Plan("single", block, _warps(block, cfg, elems_per_thread("single", loss, cfg)))
     if rows <= cfg.split_max_rows and k > cfg.split_chunk and not inplace:
         chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
         chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k

@@ -24,6 +24,7 @@ from ._terms import (
     elementwise,
     epilogue,
     fast_exp,
+    probs,
     softcap,
     softcap_grad,
     stats1_block,
@@ -194,8 +195,9 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
     for start in range(lo, hi, BLOCK_K):
         z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
                         h_ptr, SOFTCAP, UNIT_K, DT)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, _block_label(y, start, BLOCK_K), start, m,
-                                            log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
+        l, p = probs(z, m, log_s)
+        a1, ea, b1, eb, bc = elementwise(z, l, p, cols, _block_label(y, start, BLOCK_K), start,
+                                         h_ptr, ACTIVE, PASSIVE, EXACT)
         A1 += tl.sum(a1, 1)
         EA += tl.sum(ea, 1)
         B1 += tl.sum(b1, 1)
@@ -270,8 +272,9 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid,
             z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
                             h_ptr, SOFTCAP, UNIT_K, DT)
             yb = _block_label(y, start, BLOCK_K)
-            a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, start, m, log_s, h_ptr, ACTIVE,
-                                                PASSIVE, EXACT)
+            l, p = probs(z, m, log_s)
+            a1, ea, b1, eb, bc = elementwise(z, l, p, cols, yb, start, h_ptr, ACTIVE, PASSIVE,
+                                             EXACT)
             g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
                               ACTIVE, PASSIVE, SOFTCAP)
             tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
@@ -332,10 +335,15 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         cols = tl.arange(0, BLOCK_K)
         yb = _block_label(y, 0, BLOCK_K)
         z = _load_block(z_ptr + base, cols, s_k, K, h_ptr, SOFTCAP, UNIT_K, DT)
-        m, s, d, c = stats1_block(z)
+        m, s, d, c, e = stats1_block(z)
         log_s = tl.log(s)
-        a1, ea, b1, eb, bc, p = elementwise(z, cols, yb, 0, m, log_s, h_ptr, ACTIVE, PASSIVE,
-                                            EXACT)
+        # l and p from what stats1 computed: p from the exponentials it summed, one
+        # multiply per element, not an exp (``e * (1/s)``: two roundings, against the exp
+        # of a rounded l); l = (z - m) - log s (kernels/_terms.py ``probs``) with stats1's
+        # z - m (NaN everywhere in a row without a present class, as it is there)
+        l = (z - tl.where(m > NEG_INF, m, 0.0)) - log_s
+        p = e * (1.0 / s)
+        a1, ea, b1, eb, bc = elementwise(z, l, p, cols, yb, 0, h_ptr, ACTIVE, PASSIVE, EXACT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT, Z_LOSS)

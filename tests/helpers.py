@@ -8,7 +8,9 @@ rounding of the inputs themselves is not counted):
 - float32 / bfloat16 / float16 logits: float32 arithmetic. lse and the row sums
   carry about (log2(block) + #blocks) * 2^-24 relative error (tree sums inside a
   block, sequential across blocks) and exp() amplifies an absolute error in
-  ``z - lse`` of about 2^-24 * max|z| <= 4e-6 for |z| <= 30. Bound on values:
+  ``z - lse`` of about 2^-24 * max|z| <= 4e-6 for |z| <= 30 (on the GPU, exp is
+  ex2.approx and the focal weight's log2 lg2.approx, kernels/_terms.py ``fast_exp`` and
+  ``fast_log2``: a few 2^-24 more, relative, far inside the bound). Bound on values:
   2e-5 * max(1, |ref|); on gradients: 2e-5 * max|g_ref| + 2e-5 * |g_ref|.
 - where a gradient element is a small difference of large terms (confident rows,
   K = 2, logits of scale 30), float32 cannot resolve it however it is computed: the

@@ -93,24 +93,30 @@ def test_backward_kernel_walks_its_blocks(per_row):
 
 
 def test_per_loss_elements_per_thread():
-    """The streaming and split paths take the per-loss elements per thread of
-    launch.STREAM_ELEMS_PER_THREAD (fewer registers per thread, more warps), never more
-    than the config's; the single-block path and the other losses keep the config's."""
+    """Each path takes the policy table's elements per thread for its loss
+    (launch.ELEMS_PER_THREAD: NFL + RCE fewer on the streaming and split paths, plain CE
+    more in one block), the default for the others; a config that sets
+    elems_per_thread applies it to every loss and path."""
     from fused_anl.kernels import _codes as C
 
     cfg = launch.LaunchConfig()
-    nfl_rce, anl_ce = (C.A_NFL, C.P_RCE), (C.A_NCE, C.P_NNCE)
-    assert launch.STREAM_ELEMS_PER_THREAD[nfl_rce] < cfg.elems_per_thread
-    ept = launch.STREAM_ELEMS_PER_THREAD[nfl_rce]
+    default = launch.DEFAULT_ELEMS_PER_THREAD
+    nfl_rce, anl_ce, ce = (C.A_NFL, C.P_RCE), (C.A_NCE, C.P_NNCE), (C.A_CE, C.P_NONE)
+    ept = launch.ELEMS_PER_THREAD[("blocks", nfl_rce)]
+    assert ept < default < launch.ELEMS_PER_THREAD[("single", ce)]
     stream = launch.plan(16384, 32768, cfg, loss=nfl_rce)
     assert stream.path == "stream" and stream.num_warps == cfg.block_k // (32 * ept)
     assert launch.plan(16384, 32768, cfg, loss=anl_ce).num_warps == cfg.block_k // (
-        32 * cfg.elems_per_thread)
+        32 * default)
+    assert launch.plan(16384, 32768, cfg, loss=ce).num_warps == cfg.block_k // (32 * default)
     split = launch.plan(4, 8 * cfg.split_chunk, cfg, loss=nfl_rce)
     assert split.path == "split" and split.num_warps == stream.num_warps
     shard = launch.plan(4, 4096, cfg, shard=True, loss=nfl_rce)
     assert shard.num_warps == launch._warps(shard.block, cfg, ept)
     single = launch.plan(16, 8192, cfg, loss=nfl_rce)
-    assert single.path == "single" and single.num_warps == launch.plan(16, 8192, cfg).num_warps
-    with launch.config(elems_per_thread=4):  # the table never raises the config's value
+    assert single.path == "single" and single.num_warps == 8192 // (32 * default)
+    single_ce = launch.plan(16, 8192, cfg, loss=ce)
+    assert single_ce.num_warps == 8192 // (32 * launch.ELEMS_PER_THREAD[("single", ce)])
+    with launch.config(elems_per_thread=4):  # a set value applies to every loss and path
         assert launch.plan(16384, 32768, loss=nfl_rce).num_warps == cfg.block_k // (32 * 4)
+        assert launch.plan(16, 8192, loss=ce).num_warps == min(cfg.max_warps, 8192 // (32 * 4))
