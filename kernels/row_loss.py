@@ -64,19 +64,25 @@ def _row_base(row, D, s_n, s_d, VEC: tl.constexpr):
 
 
 @triton.jit
-def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row, D, s_n, s_d, s_k, K,
-               ignore_index, HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr,
-               SHARDED: tl.constexpr, SOFTCAP: tl.constexpr, VEC: tl.constexpr,
-               DT: tl.constexpr):
-    """Row base offset, label, label logit, validity and gradient scale of one row.
+def _row_start(t_ptr, row, D, s_n, s_d, ignore_index, VEC: tl.constexpr):
+    """Row base offset, label and validity of one row."""
+    base = _row_base(row, D, s_n, s_d, VEC)
+    y = tl.load(t_ptr + row).to(tl.int64)
+    return base, y, y != ignore_index
+
+
+@triton.jit
+def _row_label(w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row, base, y, valid, s_k, K,
+               HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, SHARDED: tl.constexpr,
+               SOFTCAP: tl.constexpr, DT: tl.constexpr):
+    """Label logit, label weight and gradient scale of one row (only the epilogue and the
+    gradient need them: the streaming path reads them after its statistics passes, so
+    they are not held in registers across those loops).
 
     SHARDED (class-parallel): the label logit and the row's class weight were
     gathered across ranks beforehand (zy_ptr, w_ptr hold one value per row) and the
     label is shard-local (it may fall outside [0, K)).
     """
-    base = _row_base(row, D, s_n, s_d, VEC)
-    y = tl.load(t_ptr + row).to(tl.int64)
-    valid = y != ignore_index
     if SHARDED:
         zy = tl.load(zy_ptr + row).to(DT)
         zy = tl.where(zy > NEG_INF, zy, float("nan"))  # no rank holds the label: NaN
@@ -95,7 +101,7 @@ def _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row, D, s_n, s_d, s_
     scale = tl.where(valid, wy, 0.0)
     if MEAN:
         scale = scale / tl.load(den_ptr).to(DT)
-    return base, y, valid, zy, wy, scale
+    return zy, wy, scale
 
 
 @triton.jit
@@ -318,6 +324,15 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
 
 
 @triton.jit
+def _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE: tl.constexpr):
+    """The row's loss (weighted by its label's class weight) and, STORE_LSE, its lse; 0 on
+    an ignored row."""
+    tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
+    if STORE_LSE:
+        tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
+
+
+@triton.jit
 def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index,
              ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
@@ -327,11 +342,11 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
              DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row,
-                                               D, s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT,
-                                               MEAN, False, SOFTCAP, VEC, DT)
-    gbase = _row_base(row, D, g_n, g_d, VEC)
+    base, y, valid = _row_start(t_ptr, row, D, s_n, s_d, ignore_index, VEC)
     if SINGLE:
+        zy, wy, scale = _row_label(w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row, base, y, valid, s_k,
+                                   K, HAS_WEIGHT, MEAN, False, SOFTCAP, DT)
+        gbase = _row_base(row, D, g_n, g_d, VEC)
         cols = tl.arange(0, BLOCK_K)
         yb = _block_label(y, 0, BLOCK_K)
         z = _load_block(z_ptr + base, cols, s_k, K, h_ptr, SOFTCAP, UNIT_K, DT)
@@ -347,13 +362,19 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
                                             tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT, Z_LOSS)
+        _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
         if COMPUTE_GRAD:
             c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
             g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
                               ACTIVE, PASSIVE, SOFTCAP)
-            g = tl.where(valid, g, 0.0)  # exactly 0 on an ignored row, whatever its logits
-            tl.store(_ptrs(g_ptr + gbase, cols, g_k, UNIT_GK), g.to(g_ptr.dtype.element_ty),
-                     mask=cols < K)
+            # exactly 0 on an ignored row, whatever its logits: two stores with disjoint
+            # masks (a select per element was applied to the converted gradient, its
+            # halves unpacked and packed again: ~2.5 instructions per element)
+            g_ptrs = _ptrs(g_ptr + gbase, cols, g_k, UNIT_GK)
+            n_valid = tl.where(valid, K, 0)  # the columns the gradient goes to: all or none
+            tl.store(g_ptrs, g.to(g_ptr.dtype.element_ty), mask=cols < n_valid)
+            tl.store(g_ptrs, tl.zeros_like(g).to(g_ptr.dtype.element_ty),
+                     mask=cols < K - n_valid)
     else:
         m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, UNIT_K,
                                    DT)
@@ -367,15 +388,18 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
                                                ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, EPT,
                                                UNIT_K, DT)
+        # read before the gradient loop, which may overwrite the logits (in place)
+        zy, wy, scale = _row_label(w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row, base, y, valid, s_k,
+                                   K, HAS_WEIGHT, MEAN, False, SOFTCAP, DT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                             ACTIVE, PASSIVE, EXACT, Z_LOSS)
+        # the row's outputs before the gradient loop: nothing of them is held across it
+        _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
         if COMPUTE_GRAD:
+            gbase = _row_base(row, D, g_n, g_d, VEC)
             _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
                         c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
                         EPT, UNIT_K, UNIT_GK, DT)
-    tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
-    if STORE_LSE:
-        tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
 
 
 # ---------------------------------------------------------------- split rows
@@ -461,9 +485,9 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     K = _aligned(K, VEC)
-    base, y, valid, zy, wy, scale = _row_setup(t_ptr, w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row,
-                                               D, s_n, s_d, s_k, K, ignore_index, HAS_WEIGHT,
-                                               MEAN, SHARDED, SOFTCAP, VEC, DT)
+    base, y, valid = _row_start(t_ptr, row, D, s_n, s_d, ignore_index, VEC)
+    zy, wy, scale = _row_label(w_ptr, den_ptr, z_ptr, zy_ptr, h_ptr, row, base, y, valid, s_k, K,
+                               HAS_WEIGHT, MEAN, SHARDED, SOFTCAP, DT)
     m, s, d, c = _load_stats1_partials(part1_ptr, row, NPART1, P_BLOCK)
     A1 = tl.zeros((), DT)
     EA = tl.zeros((), DT)
@@ -481,9 +505,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr,
                                         ACTIVE, PASSIVE, EXACT, Z_LOSS)
     if pid == 0:
-        tl.store(loss_ptr + row, tl.where(valid, L * wy, 0.0))
-        if STORE_LSE:
-            tl.store(lse_ptr + row, tl.where(valid, m + log_s, 0.0))
+        _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
     if COMPUTE_GRAD:
         gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
