@@ -232,7 +232,8 @@ def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
 
 @triton.jit
 def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
-                  ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, SOFTCAP: tl.constexpr):
+                  ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, SOFTCAP: tl.constexpr,
+                  LABEL: tl.constexpr = True):
     """scale (c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)), with the
     p-coefficients of ``_grad_coefs``. The p- and e-parts of a term are added first, so
     that a term whose parts nearly cancel (RCE on a confident wrong class) does so
@@ -249,7 +250,10 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
     HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
     HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
                                 | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
-    g = tl.where(cols == y, c1, 0.0)
+    if LABEL:
+        g = tl.where(cols == y, c1, 0.0)
+    else:
+        g = tl.full(p.shape, -0.0, p.dtype)  # -0 + x is x: the compiler drops the add
     if HAS_EA:
         g += c2a * p + c3a * ea
         if HAS_EB:
@@ -264,27 +268,47 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
 
 
 @triton.jit
-def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, m, log_s, valid, scale,
+def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
                 EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
                 DT: tl.constexpr):
     """The gradient of columns [lo, hi); exactly 0 on an ignored row (whatever its
-    logits: that row's loop stores zeros and reads nothing)."""
+    logits: that row's loop stores zeros and reads nothing).
+
+    The blocks are written as if no column were the label's: no label compare per
+    element (two instructions), and the label-relative parts of a term (RCE's and AMSE's
+    ``k != y``, label smoothing's ``w_y``) see none. Then, when the label is in [lo, hi),
+    its column is written again, from its logit ``zy`` as read before the loop (the
+    gradient may overwrite the logits in place; capped with SOFTCAP; NaN where the label
+    is absent, as the whole row then is), with the same formulas as a block's label
+    column. The barrier orders the two writes of that column, which different threads
+    of the program may make.
+    """
     cols = _tile(BLOCK_K, EPT)
     if valid:
         c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
+        nolabel = tl.full((), -1, tl.int32)
         for start in range(lo, hi, BLOCK_K):
             z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
                             h_ptr, SOFTCAP, UNIT_K, DT)
-            yb = _block_label(y, start, BLOCK_K)
             l, p = probs(z, m, log_s)
-            a1, ea, b1, eb, bc = elementwise(z, l, p, cols, yb, start, h_ptr, ACTIVE, PASSIVE,
-                                             EXACT)
-            g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
-                              ACTIVE, PASSIVE, SOFTCAP)
+            a1, ea, b1, eb, bc = elementwise(z, l, p, cols, nolabel, start, h_ptr, ACTIVE,
+                                             PASSIVE, EXACT)
+            g = _grad_combine(cols, nolabel, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                              ACTIVE, PASSIVE, SOFTCAP, False)
             tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
                      g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
+        if (y >= lo) & (y < hi):
+            tl.debug_barrier()
+            col = tl.zeros((1,), tl.int32)  # the label's column, relative to itself
+            zv = tl.zeros((1,), DT) + zy
+            l, p = probs(zv, m, log_s)
+            a1, ea, b1, eb, bc = elementwise(zv, l, p, col, col, y, h_ptr, ACTIVE, PASSIVE,
+                                             EXACT)
+            g = _grad_combine(col, col, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, zv, h_ptr,
+                              ACTIVE, PASSIVE, SOFTCAP)
+            tl.store(g_ptr + gbase + y * g_k + col, g.to(g_ptr.dtype.element_ty))
     else:
         zero = tl.zeros((BLOCK_K // EPT, EPT), g_ptr.dtype.element_ty)
         for start in range(lo, hi, BLOCK_K):
@@ -397,7 +421,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
         if COMPUTE_GRAD:
             gbase = _row_base(row, D, g_n, g_d, VEC)
-            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, m, log_s, valid, scale,
+            _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, zy, m, log_s, valid, scale,
                         c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
                         EPT, UNIT_K, UNIT_GK, DT)
 
@@ -509,7 +533,7 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
     if COMPUTE_GRAD:
         gbase = _row_base(row, D, g_n, g_d, VEC)
         lo = pid * CHUNK
-        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, m,
+        _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, zy, m,
                     log_s, valid,
                     scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
                     EPT, UNIT_K, UNIT_GK, DT)
