@@ -268,6 +268,23 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
 
 
 @triton.jit
+def _label_column(g_ptr, gbase, g_k, y, zy, m, log_s, scale, c1, c2a, c2b, c3a, c3b, h_ptr,
+                  ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
+                  SOFTCAP: tl.constexpr, DT: tl.constexpr):
+    """The gradient of the label's column, from its logit ``zy``, with the formulas of a
+    block's label column; the gradient's other columns were written without the label's
+    terms (``_grad_combine`` LABEL false), and the caller's barrier orders this write
+    after theirs."""
+    col = tl.zeros((1,), tl.int32)  # the label's column, relative to itself
+    zv = tl.zeros((1,), DT) + zy
+    l, p = probs(zv, m, log_s)
+    a1, ea, b1, eb, bc = elementwise(zv, l, p, col, col, y, h_ptr, ACTIVE, PASSIVE, EXACT)
+    g = _grad_combine(col, col, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, zv, h_ptr, ACTIVE,
+                      PASSIVE, SOFTCAP)
+    tl.store(g_ptr + gbase + y * g_k + col, g.to(g_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -301,14 +318,8 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, va
                      g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
         if (y >= lo) & (y < hi):
             tl.debug_barrier()
-            col = tl.zeros((1,), tl.int32)  # the label's column, relative to itself
-            zv = tl.zeros((1,), DT) + zy
-            l, p = probs(zv, m, log_s)
-            a1, ea, b1, eb, bc = elementwise(zv, l, p, col, col, y, h_ptr, ACTIVE, PASSIVE,
-                                             EXACT)
-            g = _grad_combine(col, col, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, zv, h_ptr,
-                              ACTIVE, PASSIVE, SOFTCAP)
-            tl.store(g_ptr + gbase + y * g_k + col, g.to(g_ptr.dtype.element_ty))
+            _label_column(g_ptr, gbase, g_k, y, zy, m, log_s, scale, c1, c2a, c2b, c3a, c3b,
+                          h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, DT)
     else:
         zero = tl.zeros((BLOCK_K // EPT, EPT), g_ptr.dtype.element_ty)
         for start in range(lo, hi, BLOCK_K):
@@ -389,8 +400,10 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
         if COMPUTE_GRAD:
             c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
+            # the label's column is written on its own after the others (_label_column):
+            # no label compare per element
             g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
-                              ACTIVE, PASSIVE, SOFTCAP)
+                              ACTIVE, PASSIVE, SOFTCAP, False)
             # exactly 0 on an ignored row, whatever its logits: two stores with disjoint
             # masks (a select per element was applied to the converted gradient, its
             # halves unpacked and packed again: ~2.5 instructions per element)
@@ -399,6 +412,10 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
             tl.store(g_ptrs, g.to(g_ptr.dtype.element_ty), mask=cols < n_valid)
             tl.store(g_ptrs, tl.zeros_like(g).to(g_ptr.dtype.element_ty),
                      mask=cols < K - n_valid)
+            if valid & (y >= 0) & (y < K):
+                tl.debug_barrier()
+                _label_column(g_ptr, gbase, g_k, y, zy, m, log_s, scale, c1, c2a, c2b, c3a,
+                              c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, DT)
     else:
         m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, UNIT_K,
                                    DT)
