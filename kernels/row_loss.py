@@ -4,14 +4,19 @@ Three paths over the same device functions (kernels/_terms.py):
 - single block: the row fits in one block; it is read from memory once, kept in
   registers for stats1, stats2 and the gradient.
 - streaming: one program walks its row in blocks, up to three times (stats1,
-  stats2, gradient); a row is re-read right after it was read, so the re-reads
-  mostly hit L2.
+  stats2, gradient), each thread keeping its own partial sums across the blocks; on
+  the persistent grid of kernels/launch.py ``stream_grid`` the rows in flight fit in
+  half the L2, so the re-reads are L2 hits.
 - split row: for few, very long rows, each row is cut into chunks handled by
   separate programs; three launches (stats1 partials, stats2 partials, finish)
   each combine the previous launch's per-chunk partials of their row first.
 
+The gradient's blocks are written without the label's terms and the label's column
+after them (``_label_column``): no label compare per element.
+
 Rows are addressed as ``(n, :, d)`` of an ``(N, K, D)`` view, so 2-D logits
-(D = 1), N-D logits and non-contiguous logits need no copy. All offsets are int64.
+(D = 1), N-D logits and non-contiguous logits need no copy. Row and block starts are
+int64, columns within a block int32.
 Nothing here synchronises with the host: out-of-range labels give NaN rows.
 """
 import triton
