@@ -233,3 +233,32 @@ def test_nnce_zero_gradient_below_p_min():
         zz.grad = None
         fused_anl.nnce(zz, t, reduction="none", backend=backend)[1].backward()
         assert zz.grad[1].abs().sum() > 0  # p_y above p_min: the gradient flows
+
+
+@pytest.mark.parametrize("inplace", [False, True])
+@pytest.mark.parametrize("name", ["ce", "anl_ce", "nce_rce", "nce_amse", "anl_fl"])
+def test_label_column_at_block_edges(name, inplace, kernel_path):
+    """The gradient's label column is written after the others, from the label logit read
+    before them (kernels/row_loss.py ``_label_column``): labels on the first and last
+    column of a block, in the last, partial block, at both ends of the row; a row whose
+    label is the ignore_index, inside [0, K), has a zero gradient and no label column;
+    with ``inplace_backward`` the gradient overwrites the logits (the label logit must
+    have been read before)."""
+    k, ignore = 37, 5
+    labels = [0, 7, 8, 15, 16, 31, 32, 36, ignore]
+    gen = torch.Generator().manual_seed(3)
+    z = (3 * torch.randn(len(labels), k, generator=gen, dtype=torch.float64)).to(DEVICE)
+    t = torch.tensor(labels, device=DEVICE)
+    if inplace:
+        leaf = z.clone().requires_grad_(True)
+        logits = leaf * 1.0
+        v = getattr(fused_anl, name)(logits, t, reduction="none", ignore_index=ignore,
+                                     backend="triton", inplace_backward=True)
+        (g,) = torch.autograd.grad(v.sum(), leaf)
+        v = v.detach()
+    else:
+        v, g = loss_and_grad(getattr(fused_anl, name), z, t, backend="triton", reduction="none",
+                             ignore_index=ignore)
+    assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none",
+                              ignore_index=ignore)
+    assert torch.all(g[-1] == 0)
