@@ -103,9 +103,9 @@ def fast_exp(x):
 
 @triton.jit
 def _pow(x, e):
-    """x**e for x >= 0 (0**0 = 1, 0**e = 0 for e > 0): ``exp2(e log2 x)`` in float32 (one
-    MUFU.LG2 and one MUFU.EX2 on the GPU, where tl.exp and tl.log add a multiply and a
-    fix-up each), ``exp(e log x)`` in float64."""
+    """x**e for x >= 0 (0**0 = 1, 0**e = 0 for e > 0): ``exp2(e log2 x)`` in float32 with
+    the accurate log2, ``exp(e log x)`` in float64. For the epilogues' scalars; the
+    per-element focal weight is ``_focal_weight``."""
     xs = tl.where(x > 0, x, 1.0)
     if xs.dtype == tl.float64:
         r = tl.exp(e * tl.log(xs))
@@ -117,8 +117,9 @@ def _pow(x, e):
 @triton.jit
 def _focal_weight(p, gamma):
     """``(1 - p)^gamma`` per element, for ``gamma >= 0`` (checked by the API): ``_pow`` with
-    one guard fewer and the GPU's approximate log2 (``fast_log2``). ``1 - p`` is clamped at 0 (a p rounded over 1), whose log2 is -inf,
-    so ``exp2(gamma * -inf) = 0`` for gamma > 0; gamma == 0 gives 1 everywhere (0**0)."""
+    one guard fewer and the GPU's approximate log2 (``fast_log2``). ``1 - p`` is clamped
+    at 0 (a p rounded over 1), whose log2 is -inf, so ``exp2(gamma * -inf) = 0`` for
+    gamma > 0; gamma == 0 gives 1 everywhere (0**0)."""
     x = tl.maximum(1.0 - p, 0.0)
     if x.dtype == tl.float64:
         r = tl.exp(gamma * tl.log(x))
@@ -173,11 +174,11 @@ def softcap_grad(g, zc, h_ptr):
 def stats1_block(z):
     """(max, sum exp(z - max), sum (z - max), #present) of one block, absent entries
     skipped, and the exponentials ``exp(z - max)`` it summed (0 where absent): a row held
-    in one block has its probabilities ``p = e / s`` from them (``probs``).
+    in one block has its probabilities ``p = e / s`` from them (kernels/row_loss.py).
 
-    Non-finite logits: ``s`` masks only the absent entries (``z == -inf``), not
-    ``z > -inf``, so a NaN (for which every comparison is false) or a ``+inf`` (then
-    ``m = +inf`` and ``inf - inf``) makes ``s`` NaN, and with it ``log s``, every ``l``,
+    Non-finite logits: ``s`` needs no mask, as an absent entry's ``exp(-inf - m)`` is 0,
+    while a NaN (``exp(NaN)``) or a ``+inf`` (then ``m = +inf`` and ``inf - inf``) makes
+    ``s`` NaN, and with it ``log s``, every ``l``,
     ``p``, the loss and the gradient of the row: a NaN or ``+inf`` anywhere in a row gives
     a NaN row, as ``torch.nn.functional.cross_entropy`` does (``tl.max`` may drop a NaN
     on the GPU; ``s`` does not). The merges and the split/shard partial combines carry
