@@ -149,12 +149,18 @@ class Plan:
     grid: int = 0  # streaming with a persistent grid: its number of programs (0: one per row)
 
 
-def sm_count(device) -> int:
-    """Streaming multiprocessors of a CUDA device (1 elsewhere: the interpreter)."""
+def _cuda_index(device):
+    """The index of a CUDA device (the current one for a bare "cuda"); None off CUDA."""
     device = torch.device(device)
     if device.type != "cuda":
-        return 1
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def sm_count(device) -> int:
+    """Streaming multiprocessors of a CUDA device (1 elsewhere: the interpreter)."""
+    index = _cuda_index(device)
+    return 1 if index is None else _sm_count(index)
 
 
 @functools.lru_cache(maxsize=None)
@@ -164,10 +170,8 @@ def _sm_count(index: int) -> int:
 
 def l2_bytes(device) -> int:
     """L2 cache bytes of a CUDA device (0 elsewhere: the interpreter has none)."""
-    device = torch.device(device)
-    if device.type != "cuda":
-        return 0
-    return _l2_bytes(device.index if device.index is not None else torch.cuda.current_device())
+    index = _cuda_index(device)
+    return 0 if index is None else _l2_bytes(index)
 
 
 @functools.lru_cache(maxsize=None)
