@@ -84,6 +84,13 @@ def repeatable_backward(enabled: bool = True):
         _state.repeatable = old
 
 
+def repeatable_now() -> bool:
+    """Whether a loss call made now must keep its saved gradient intact for another
+    backward: inside :func:`repeatable_backward`, or while ``torch.compile`` traces
+    (the compiled graph may be replayed)."""
+    return getattr(_state, "repeatable", False) or _compiling()
+
+
 @dataclass(frozen=True)
 class LossCall:
     """Everything about one loss call except its tensors: built once by the public
@@ -170,7 +177,7 @@ def _forward(logits, target, weight, call: LossCall, dims, compute_grad, inplace
 def _setup(ctx, logits, target, weight, call, dims):
     ctx.call, ctx.dims, ctx.shape = call, dims, logits.shape
     ctx.consumed = False
-    ctx.repeatable = getattr(_state, "repeatable", False) or _compiling()
+    ctx.repeatable = repeatable_now()
     if call.double_backward:
         ctx.reference_inputs = (logits, target, weight)
 

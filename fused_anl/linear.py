@@ -7,7 +7,9 @@ chunk's share of the gradients of ``hidden`` (``g @ weight``), ``weight``
 memory is O(chunk x K + K x D) whatever N is.
 
 For ``"mean"``/``"sum"`` the gradients are complete after forward and backward only
-scales them by the scalar ``grad_output``. For ``"none"`` the per-sample
+scales them by the scalar ``grad_output``, in place (``fused_anl::scale_grad_``: no pass
+when it is 1), so, as for the plain losses, one backward per call unless
+``fused_anl.repeatable_backward()``. For ``"none"`` the per-sample
 ``grad_output`` is unknown in forward, so backward recomputes each chunk's logits.
 Both passes are torch custom ops, so ``torch.compile`` sees two opaque ops.
 """
@@ -20,8 +22,9 @@ import torch
 from . import _hyper
 from . import _registry as R
 from ._checks import check_inputs, compute_dtype
+from ._checks import functorch_wrapped as _functorch_wrapped
 from ._ops import run_row_loss
-from .functional import mean_denominator, resolve_backend
+from .functional import _check_not_consumed, mean_denominator, repeatable_now, resolve_backend
 
 # Elements (rows x K) of one chunk's logits when chunk_size is not given.
 CHUNK_ELEMENTS = {"cuda": 1 << 26, "cpu": 1 << 22}
@@ -71,12 +74,66 @@ def _chunks(hidden, weight, bias, target, loss_weight, call, den, chunk, compute
         yield a, b, h, loss, g
 
 
+# The accumulating product of _accumulate_product for inputs of a dtype on a device:
+# {(device, dtype): addmm or None}, filled by _probe_float32_addmm.
+_FLOAT32_ADDMM = {}
+
+
+def _probe_float32_addmm(device, dtype, addmm=torch.addmm):
+    """``addmm`` if ``addmm(acc, a, b, out_dtype=torch.float32, out=acc)`` works and is
+    exact for ``a``, ``b`` of ``dtype`` on ``device``, else None.
+
+    PyTorch's ``addmm(..., out_dtype=torch.float32)`` (bf16/fp16 inputs, float32 output
+    and accumulator) has CUDA kernels only, and which ``self``/``out`` dtypes it accepts
+    has changed between releases. Rather than trust a version number, it is tried once on
+    the real device in the layout the weight gradient uses (a transposed first operand,
+    ``out`` aliasing ``self``): the product ``1 + 2^-12`` is exact in float32 but rounds
+    to 1 through a bf16/fp16 temporary, so an op that is missing, raises, or rounds its
+    output through the inputs' dtype is not used. One tiny product and one host sync,
+    once per device and dtype (on the CPU it raises: not available)."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return None  # no host sync inside a CUDA graph capture; not cached, asked again later
+    key = (device, dtype)
+    if key not in _FLOAT32_ADDMM:
+        ok = False
+        try:
+            m = torch.tensor([[1.0, 0.0], [2.0 ** -6, 0.0]], device=device).to(dtype)
+            acc = torch.full((2, 2), 0.25, device=device)
+            addmm(acc, m.t(), m, out_dtype=torch.float32, out=acc)
+            want = torch.tensor([[1.25 + 2.0 ** -12, 0.25], [0.25, 0.25]], device=device)
+            ok = acc.dtype == torch.float32 and torch.equal(acc, want)
+        except (RuntimeError, NotImplementedError, TypeError):
+            pass
+        _FLOAT32_ADDMM[key] = addmm if ok else None
+    return _FLOAT32_ADDMM[key]
+
+
+def _accumulate_product(acc, a, b, max_temp: int) -> None:
+    """``acc += a @ b`` with ``acc`` float32 (or float64) and ``a``, ``b`` possibly bf16/fp16.
+
+    Same dtype: ``addmm_`` in place. Lower-precision inputs where the probe passed (CUDA):
+    one ``addmm`` that accumulates and writes float32, no temporary and no rounding of
+    the product. Otherwise the product is formed in the inputs' dtype a slice of ``a``'s
+    rows at a time, each at most ``max_temp`` elements (the caller passes the chunk's
+    logits size, so the temporary never exceeds memory already in use), then added into
+    its rows of ``acc``."""
+    if a.dtype == acc.dtype:
+        acc.addmm_(a, b)
+        return
+    addmm = _probe_float32_addmm(acc.device, a.dtype)
+    if addmm is not None:
+        addmm(acc, a, b, out_dtype=acc.dtype, out=acc)
+        return
+    rows = max(1, max_temp // max(1, b.shape[1]))
+    for s in range(0, a.shape[0], rows):
+        acc[s:s + rows] += a[s:s + rows] @ b
+
+
 def _grads(hidden, weight, bias, target, loss_weight, call, den, chunk, needs, row_scale=None,
            loss_out=None):
     """Gradients of hidden, weight and bias, chunk by chunk: ``g @ weight`` written straight
-    into the hidden gradient's rows, ``g.T @ h`` and ``sum g`` accumulated in float32 (in
-    place with addmm_ when the inputs are float32 or float64; a bf16/fp16 chunk's product
-    is one K x D temporary in the inputs' dtype before the float32 add)."""
+    into the hidden gradient's rows, ``g.T @ h`` and ``sum g`` accumulated in float32
+    (:func:`_accumulate_product`: no K x D temporary larger than the chunk's logits)."""
     gh = torch.empty_like(hidden) if needs[0] else None
     acc = compute_dtype(weight.dtype)
     gw = torch.zeros(weight.shape, dtype=acc, device=weight.device) if needs[1] else None
@@ -89,10 +146,7 @@ def _grads(hidden, weight, bias, target, loss_weight, call, den, chunk, needs, r
         if gh is not None:
             torch.mm(g, weight, out=gh[a:b])
         if gw is not None:
-            if g.dtype == acc:
-                gw.addmm_(g.t(), h)
-            else:
-                gw += g.t() @ h
+            _accumulate_product(gw, g.t(), h, max_temp=g.numel())
         if gb is not None:
             gb += g.sum(0, dtype=gb.dtype)
     if call.shard is not None and gh is not None:
@@ -100,6 +154,18 @@ def _grads(hidden, weight, bias, target, loss_weight, call, den, chunk, needs, r
         import torch.distributed as dist
         dist.all_reduce(gh, group=call.shard[0])
     return gh, gw, gb
+
+
+def _scaled(g, grad_out, dtype, in_place: bool, backend: str):
+    """``(g * grad_out).to(dtype)`` for a gradient saved by forward, in one pass: in place
+    when allowed and ``g`` already has ``dtype`` (kernels/scale.py: nothing at all when
+    ``grad_out`` is 1), else written once into a new tensor of ``dtype`` (the float32
+    weight gradient of bf16 weights: the result the caller returns, not a temporary)."""
+    if in_place and g.dtype == dtype:
+        torch.ops.fused_anl.scale_grad_(g.reshape(g.shape[0], -1, 1), grad_out.reshape(-1),
+                                        backend)
+        return g
+    return torch.mul(g, grad_out.to(g.dtype), out=torch.empty_like(g, dtype=dtype))
 
 
 def _empty(x):
@@ -195,6 +261,8 @@ class _LinearLoss(torch.autograd.Function):
                                          chunk, *needs)
         ctx.call, ctx.need, ctx.chunk = call, need, chunk
         ctx.dtypes = (hidden.dtype, weight.dtype)
+        ctx.consumed = False
+        ctx.repeatable = repeatable_now()
         if early:
             ctx.save_for_backward(gh, gw, gb)
         else:
@@ -206,11 +274,18 @@ class _LinearLoss(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         need, call = ctx.need, ctx.call
+        wdt = ctx.dtypes[1]
         if call.reduction != "none":
+            _check_not_consumed(ctx)
             gh, gw, gb = ctx.saved_tensors
-            gh = gh * grad_out.to(gh.dtype) if need[0] else None
-            gw = gw * grad_out if need[1] else None
-            gb = gb * grad_out if need[2] else None
+            # scaled in place (grad_output == 1: no pass at all on the Triton backend) unless
+            # the saved gradients must survive (repeatable, a transform, create_graph)
+            in_place = not (ctx.repeatable or torch.is_grad_enabled()
+                            or _functorch_wrapped(grad_out))
+            ctx.consumed = in_place
+            gh = _scaled(gh, grad_out, gh.dtype, in_place, call.backend) if need[0] else None
+            gw = _scaled(gw, grad_out, wdt, in_place, call.backend) if need[1] else None
+            gb = _scaled(gb, grad_out, wdt, in_place, call.backend) if need[2] else None
         else:
             hidden, weight, bias, target, loss_weight = ctx.saved_tensors
             if call.shard is None:
@@ -222,9 +297,8 @@ class _LinearLoss(torch.autograd.Function):
                 gh, gw, gb = _bwd_rows_impl(grad_out, hidden, weight, bias, target, loss_weight,
                                             call, ctx.chunk, *need)
             gh, gw, gb = (gh if need[0] else None), (gw if need[1] else None), (gb if need[2] else None)
-        wdt = ctx.dtypes[1]
-        gw = gw.to(wdt) if gw is not None else None
-        gb = gb.to(wdt) if gb is not None else None
+            gw = gw.to(wdt) if gw is not None else None
+            gb = gb.to(wdt) if gb is not None else None
         if torch.is_grad_enabled():  # create_graph=True: refuse a silently zero 2nd derivative
             from .functional import _no_second_derivative
             hint = "Compute the logits and use the plain loss with double_backward=True."

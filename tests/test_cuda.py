@@ -130,3 +130,23 @@ def test_nan_and_inf_rows_on_cuda():
         out.sum().backward()
         assert torch.isnan(out[1:3]).all() and torch.isfinite(out[[0, 3]]).all()
         assert torch.isnan(x.grad[1:3]).all() and torch.isfinite(x.grad[[0, 3]]).all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_linear_weight_gradient_accumulates_in_float32_on_cuda(dtype):
+    """On CUDA the fused linear loss's weight gradient of bf16/fp16 inputs is one
+    ``addmm(..., out_dtype=float32)`` per chunk (fused_anl/linear.py's probe passed), not a
+    product in the inputs' dtype; and with it the gradient matches the float64 oracle
+    within bf16 rounding of the logit gradient alone."""
+    from fused_anl import linear
+    dev = torch.device("cuda")
+    assert linear._probe_float32_addmm(dev, dtype) is not None, torch.__version__
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(64, 96, generator=g).to(dtype).to(dev)
+    w = (torch.randn(1000, 96, generator=g) / 96 ** 0.5).to(dtype).to(dev)
+    t = torch.randint(0, 1000, (64,), generator=g).to(dev)
+    wp = w.detach().clone().requires_grad_(True)
+    gw = torch.autograd.grad(fused_anl.linear_anl_ce(h, wp, t, chunk_size=16), wp)[0]
+    wr = w.detach().double().requires_grad_(True)
+    (rw,) = torch.autograd.grad(fused_anl.reference.anl_ce(h.double() @ wr.t(), t), wr)
+    torch.testing.assert_close(gw.double(), rw, rtol=3e-2, atol=3e-3)

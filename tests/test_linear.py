@@ -8,6 +8,9 @@ import pytest
 import torch
 
 import fused_anl
+from fused_anl import linear
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from conftest import DEVICE
 
@@ -85,9 +88,119 @@ def test_linear_gradcheck():
     h, w, b, t = _inputs(5, 3, 7, torch.float64)
     ps = [x.requires_grad_(True) for x in (h, w, b)]
     for reduction in ("mean", "none"):
-        assert torch.autograd.gradcheck(
-            lambda a, c, e: fused_anl.linear_loss("anl_ce", a, c, t, e, reduction=reduction,
-                                                  chunk_size=2, backend="torch"), ps)
+        with fused_anl.repeatable_backward():  # gradcheck runs backward per output column
+            assert torch.autograd.gradcheck(
+                lambda a, c, e: fused_anl.linear_loss("anl_ce", a, c, t, e, reduction=reduction,
+                                                      chunk_size=2, backend="torch"), ps)
+
+
+class _NewTensors(TorchDispatchMode):
+    """Records (op, dtype, bytes) of every op output whose storage none of its inputs had:
+    the allocations made while the mode is active (ops below a custom op are hidden)."""
+
+    def __init__(self):
+        super().__init__()
+        self.new = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        seen = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs))
+                if isinstance(t, torch.Tensor)}
+        out = func(*args, **kwargs)
+        self.new += [(str(func), t.dtype, t.numel() * t.element_size())
+                     for t in pytree.tree_leaves(out)
+                     if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen]
+        return out
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_no_large_temporaries(backend):
+    """bf16, N=12, D=16, K=40, chunks of 3 rows (120 logits): forward (the custom op's
+    body) allocates one K x D buffer, the float32 weight gradient, and nothing else larger
+    than a chunk's logits in float32 or the hidden gradient; the product ``g.T @ h`` goes in
+    slices of at most 120 elements (before: one K x D bf16 temporary per chunk, 1280
+    bytes). Backward of a mean scales the saved gradients in place: its only K x D
+    allocation is the bf16 weight gradient it returns (before: a float32 product, then
+    the bf16 copy). Sizes in bytes (the interpreter copies a chunk as uint8)."""
+    n, d, k, chunk = 12, 16, 40, 3
+    h, w, b, t = _inputs(n, d, k, torch.bfloat16)
+    small = max(chunk * k * 4, n * d * 2)
+    spec = fused_anl._registry.spec_of("anl_ce")
+    hyper = fused_anl._registry.resolve_hyper(spec, {})
+    call = linear._call(fused_anl._hyper.constants(hyper, spec.passive, spec.active), spec.active,
+                        spec.passive, False, -100, backend)
+    den = torch.tensor([float(n - 1)], device=DEVICE)
+    with _NewTensors() as fwd:
+        linear._fwd_impl(h, w, b, t, None, call, den, chunk, True, True, True)
+    large = [x for x in fwd.new if x[2] > small]
+    assert large == [("aten.zeros.default", torch.float32, k * d * 4)], large
+
+    ps = [x.detach().clone().requires_grad_(True) for x in (h, w, b)]
+    out = fused_anl.linear_anl_ce(ps[0], ps[1], t, ps[2], chunk_size=chunk, backend=backend)
+    with _NewTensors() as bwd:
+        grads = torch.autograd.grad(out, ps)
+    large = [x for x in bwd.new if x[2] > small]
+    assert [x[1:] for x in large] == [(torch.bfloat16, k * d * 2)], large
+    assert [g.dtype for g in grads] == [torch.bfloat16] * 3
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_backward_scales_in_place_once(dtype):
+    """Backward of a mean/sum multiplies the gradients forward computed by grad_output in
+    place (nothing when it is 1): exact for grad_output -0.5, and a second backward through
+    the same call raises instead of scaling twice, unless made repeatable."""
+    h, w, b, t = _inputs(9, 5, 13, dtype)
+    ps = [x.detach().clone().requires_grad_(True) for x in (h, w, b)]
+
+    def call():
+        return fused_anl.linear_anl_ce(ps[0], ps[1], t, ps[2], chunk_size=4, reduction="sum")
+
+    with fused_anl.repeatable_backward():
+        out = call()
+        ones = torch.autograd.grad(out, ps, retain_graph=True)
+        assert all(torch.equal(a, c) for a, c in zip(ones, torch.autograd.grad(out, ps)))
+    out = call()
+    scaled = torch.autograd.grad(out, ps, torch.tensor(-0.5, dtype=out.dtype), retain_graph=True)
+    for s_, o in zip(scaled, ones):  # a power of two: exact in every dtype, whichever
+        assert torch.equal(s_, o * -0.5)  # rounding (float32 saved, bf16 returned) comes first
+    with pytest.raises(RuntimeError, match="backward ran twice"):
+        torch.autograd.grad(out, ps)
+
+
+@pytest.mark.parametrize("backend", ["triton", "torch"])
+def test_linear_float32_product_probe(backend, monkeypatch):
+    """The weight gradient of bf16 inputs is accumulated by ``addmm(..., out_dtype=float32)``
+    only where a probe saw that op exact on the device. Here (no CUDA kernel for it on the
+    CPU) the probe answers None; an op that rounds through bf16 is refused; an exact one
+    (a float32 emulation standing in for cuBLAS) is then used for every chunk, and the
+    gradients still match the float64 oracle."""
+    dev = torch.device(DEVICE)
+    if dev.type == "cpu":
+        assert linear._probe_float32_addmm(dev, torch.bfloat16) is None
+    calls = []
+
+    def rounding(acc, a, b, out_dtype, out):
+        return out.add_((a @ b).to(out_dtype))
+
+    def exact(acc, a, b, out_dtype, out):
+        calls.append(a.shape)
+        return out.add_(a.to(out_dtype) @ b.to(out_dtype))
+
+    monkeypatch.setattr(linear, "_FLOAT32_ADDMM", {})
+    assert linear._probe_float32_addmm(dev, torch.bfloat16, rounding) is None
+    linear._FLOAT32_ADDMM.clear()
+    assert linear._probe_float32_addmm(dev, torch.bfloat16, exact) is exact
+    calls.clear()
+    h, w, b, t = _inputs(10, 6, 23, torch.bfloat16)
+    ps = [x.detach().clone().requires_grad_(True) for x in (h, w, b)]
+    out = fused_anl.linear_anl_ce(ps[0], ps[1], t, ps[2], chunk_size=3, backend=backend)
+    gw = torch.autograd.grad(out, ps[1])[0]
+    assert calls == [(23, 3)] * 3 + [(23, 1)]  # one accumulating product per chunk of rows
+    rs = [x.detach().double().requires_grad_(True) for x in (h, w, b)]
+    ref = fused_anl.reference.anl_ce(torch.addmm(rs[2], rs[0], rs[1].t()), t)
+    (rw,) = torch.autograd.grad(ref, rs[1])
+    rtol, atol = TOL[torch.bfloat16]
+    torch.testing.assert_close(gw.double(), rw, rtol=rtol, atol=atol)
 
 
 def test_linear_bad_input():
