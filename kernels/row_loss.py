@@ -12,7 +12,7 @@ Three paths over the same device functions (kernels/_terms.py):
   each combine the previous launch's per-chunk partials of their row first.
 
 The gradient's blocks are written without the label's terms and the label's column
-after them (``_label_column``): no label compare per element.
+after them (``_label_grad``, ``_store_label``): no label compare per element.
 
 Rows are addressed as ``(n, :, d)`` of an ``(N, K, D)`` view, so 2-D logits
 (D = 1), N-D logits and non-contiguous logits need no copy. Row and block starts are
@@ -38,16 +38,6 @@ from ._terms import (
 
 S1 = tl.constexpr(STATS1)  # floats per stats1 partial (kernels/_codes.py)
 S2 = tl.constexpr(STATS2)  # floats per stats2 partial
-# the terms without an elementwise weight (_grad_combine)
-A_NONE = tl.constexpr(C.A_NONE)
-A_CE = tl.constexpr(C.A_CE)
-A_FL = tl.constexpr(C.A_FL)
-P_NONE = tl.constexpr(C.P_NONE)
-P_MAE = tl.constexpr(C.P_MAE)
-P_GCE = tl.constexpr(C.P_GCE)
-P_AGCE = tl.constexpr(C.P_AGCE)
-P_AUL = tl.constexpr(C.P_AUL)
-P_AEL = tl.constexpr(C.P_AEL)
 
 @triton.jit
 def _aligned(x, VEC: tl.constexpr):
@@ -217,20 +207,30 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
     return tl.sum(A1, 0), tl.sum(EA, 0), tl.sum(B1, 0), tl.sum(EB, 0), tl.sum(BC, 0)
 
 
+@triton.constexpr_function
+def _e_parts(active, passive):
+    """Which gradient parts a loss has, from its codes (compile time): (HAS_EA, HAS_EB,
+    ONE_P). A term whose gradient depends on p_y alone (CE, FL; MAE, GCE, AGCE, AUL, AEL;
+    none) has no elementwise weight e. ONE_P: both terms have one and neither's e part
+    can cancel its p part (NCE/NFL's e is the presence mask or the focal u, NNCE/NNFL's
+    the unclamped mask or m u), so the two p-coefficients are added into one."""
+    has_ea = active not in (C.A_NONE, C.A_CE, C.A_FL)
+    has_eb = passive not in (C.P_NONE, C.P_MAE, C.P_GCE, C.P_AGCE, C.P_AUL, C.P_AEL)
+    one_p = active in (C.A_NCE, C.A_NFL) and passive in (C.P_NNCE, C.P_NNFL)
+    return has_ea, has_eb, one_p
+
+
 @triton.jit
 def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
     """The gradient's p-coefficients: a term without an elementwise weight e (see
-    ``_grad_combine``) has its p-coefficient folded into the other's. The row's scale is
-    not folded into the coefficients: it multiplies the combined gradient
-    (``_grad_combine``), so that the label column's ``c1 + c2 p_y``, which cancels to
-    about ``1 - p_y`` on a confident row, cancels before it is scaled (scaled
-    coefficients would each round on their own, an error of eps |c1| scale there)."""
-    HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
-    HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
-                                | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
+    ``_grad_combine``) has its p-coefficient folded into the other's, and so does a pair
+    of terms without cancellation inside either (``_e_parts`` ONE_P: c2a holds both)."""
+    HAS_EA: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[0]
+    HAS_EB: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[1]
+    ONE_P: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[2]
     if not HAS_EA:
         c2b = c2b + c2a
-    elif not HAS_EB:
+    elif (not HAS_EB) or ONE_P:
         c2a = c2a + c2b
     return c2a, c2b
 
@@ -238,28 +238,36 @@ def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
 @triton.jit
 def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
                   ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, SOFTCAP: tl.constexpr,
-                  LABEL: tl.constexpr = True):
-    """scale (c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)), with the
-    p-coefficients of ``_grad_coefs``. The p- and e-parts of a term are added first, so
-    that a term whose parts nearly cancel (RCE on a confident wrong class) does so
-    before the other term is added, and the scale comes last (``_grad_coefs``).
+                  LABEL_COLUMN: tl.constexpr = True):
+    """The gradient ``c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)`` times the
+    row's scale, with the p-coefficients of ``_grad_coefs``. The p- and e-parts of a
+    term are added first, so that a term whose parts nearly cancel (RCE on a confident
+    wrong class) does so before the other term is added (ONE_P: one p part, then both e
+    parts).
 
-    The terms that depend on p_y alone (CE, FL; MAE, GCE, AGCE, AUL, AEL; none) have no
-    elementwise weight e (kernels/_terms.py ``elementwise`` returns a constant zero for
-    them) and skip ``c3 * e`` (``c3 * 0`` is not folded by the compiler, an IEEE
-    multiply: it would cost two instructions per element); every other term, a new one
-    included, computes it. Their p-coefficient was folded into the other term's by
-    ``_grad_coefs``; c3 of a term without e is 0, or NaN in a NaN row, which the folded
-    c2 carries too.
+    LABEL_COLUMN (the label's column, ``_label_grad``): c1 is added, and the scale
+    multiplies the sum last, so that ``c1 + c2 p_y``, which cancels to about ``1 - p_y``
+    on a confident row, cancels before it is scaled. Otherwise (every other column,
+    written without a label compare): no c1, and the coefficients come already
+    multiplied by the scale (``_scaled_coefs``: one multiply per element fewer; each
+    column's terms keep their relative accuracy).
+
+    A term without an elementwise weight e (kernels/_terms.py ``elementwise`` returns a
+    constant zero for it) skips ``c3 * e`` (``c3 * 0`` is not folded by the compiler, an
+    IEEE multiply: two instructions per element); every other term, a new one included,
+    computes it. c3 of a term without e is 0, or NaN in a NaN row, which the folded c2
+    carries too.
     """
-    HAS_EA: tl.constexpr = not ((ACTIVE == A_NONE) | (ACTIVE == A_CE) | (ACTIVE == A_FL))
-    HAS_EB: tl.constexpr = not ((PASSIVE == P_NONE) | (PASSIVE == P_MAE) | (PASSIVE == P_GCE)
-                                | (PASSIVE == P_AGCE) | (PASSIVE == P_AUL) | (PASSIVE == P_AEL))
-    if LABEL:
+    HAS_EA: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[0]
+    HAS_EB: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[1]
+    ONE_P: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[2]
+    if LABEL_COLUMN:
         g = tl.where(cols == y, c1, 0.0)
     else:
         g = tl.full(p.shape, -0.0, p.dtype)  # -0 + x is x: the compiler drops the add
-    if HAS_EA:
+    if ONE_P:
+        g += c2a * p + c3a * ea + c3b * eb
+    elif HAS_EA:
         g += c2a * p + c3a * ea
         if HAS_EB:
             g += c2b * p + c3b * eb
@@ -269,24 +277,42 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
         g += c2b * p
     if SOFTCAP:
         g = softcap_grad(g, z, h_ptr)  # the chain rule through the cap, at the capped z
-    return g * scale
+    if LABEL_COLUMN:
+        g = g * scale
+    return g
 
 
 @triton.jit
-def _label_column(g_ptr, gbase, g_k, y, zy, m, log_s, scale, c1, c2a, c2b, c3a, c3b, h_ptr,
-                  ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr,
-                  SOFTCAP: tl.constexpr, DT: tl.constexpr):
-    """The gradient of the label's column, from its logit ``zy``, with the formulas of a
-    block's label column; the gradient's other columns were written without the label's
-    terms (``_grad_combine`` LABEL false), and the caller's barrier orders this write
-    after theirs."""
+def _scaled_coefs(scale, c2a, c2b, c3a, c3b):
+    """The coefficients of the columns other than the label's, times the row's scale
+    (``_grad_combine`` LABEL_COLUMN false)."""
+    return c2a * scale, c2b * scale, c3a * scale, c3b * scale
+
+
+@triton.jit
+def _label_grad(zy, m, log_s, y, scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr,
+                PASSIVE: tl.constexpr, EXACT: tl.constexpr, SOFTCAP: tl.constexpr,
+                DT: tl.constexpr):
+    """The gradient of the label's column (a 1-element tensor), from its logit ``zy``
+    with the formulas of a block's label column. Computed before the other columns are
+    written (it then holds one register across their loop instead of the unscaled
+    coefficients) and stored after them (``_store_label``)."""
     col = tl.zeros((1,), tl.int32)  # the label's column, relative to itself
     zv = tl.zeros((1,), DT) + zy
     l, p = probs(zv, m, log_s)
     a1, ea, b1, eb, bc = elementwise(zv, l, p, col, col, y, h_ptr, ACTIVE, PASSIVE, EXACT)
-    g = _grad_combine(col, col, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, zv, h_ptr, ACTIVE,
-                      PASSIVE, SOFTCAP)
-    tl.store(g_ptr + gbase + y * g_k + col, g.to(g_ptr.dtype.element_ty))
+    return _grad_combine(col, col, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, zv, h_ptr, ACTIVE,
+                         PASSIVE, SOFTCAP)
+
+
+@triton.jit
+def _store_label(g_ptr, gbase, g_k, y, gy):
+    """Write the label column's gradient ``gy`` (``_label_grad``) over what the block loop
+    wrote there (without the label's terms: ``_grad_combine`` LABEL_COLUMN false); the
+    barrier orders the two writes, which different threads of the program may make."""
+    tl.debug_barrier()
+    col = tl.zeros((1,), tl.int32)
+    tl.store(g_ptr + gbase + y * g_k + col, gy.to(g_ptr.dtype.element_ty))
 
 
 @triton.jit
@@ -301,15 +327,19 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, va
     The blocks are written as if no column were the label's: no label compare per
     element (two instructions), and the label-relative parts of a term (RCE's and AMSE's
     ``k != y``, label smoothing's ``w_y``) see none. Then, when the label is in [lo, hi),
-    its column is written again, from its logit ``zy`` as read before the loop (the
-    gradient may overwrite the logits in place; capped with SOFTCAP; NaN where the label
-    is absent, as the whole row then is), with the same formulas as a block's label
-    column. The barrier orders the two writes of that column, which different threads
-    of the program may make.
+    its column is written again (``_store_label``) with the value ``_label_grad``
+    computed before the loop from its logit ``zy`` (read before the gradient may
+    overwrite the logits in place; capped with SOFTCAP; NaN where the label is absent,
+    as the whole row then is), with the same formulas as a block's label column. The
+    other columns' coefficients are multiplied by the scale once, before the loop
+    (``_scaled_coefs``).
     """
     cols = _tile(BLOCK_K, EPT)
     if valid:
         c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
+        gy = _label_grad(zy, m, log_s, y, scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE,
+                         EXACT, SOFTCAP, DT)
+        c2a, c2b, c3a, c3b = _scaled_coefs(scale, c2a, c2b, c3a, c3b)
         nolabel = tl.full((), -1, tl.int32)
         for start in range(lo, hi, BLOCK_K):
             z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
@@ -322,9 +352,7 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, va
             tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
                      g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
         if (y >= lo) & (y < hi):
-            tl.debug_barrier()
-            _label_column(g_ptr, gbase, g_k, y, zy, m, log_s, scale, c1, c2a, c2b, c3a, c3b,
-                          h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, DT)
+            _store_label(g_ptr, gbase, g_k, y, gy)
     else:
         zero = tl.zeros((BLOCK_K // EPT, EPT), g_ptr.dtype.element_ty)
         for start in range(lo, hi, BLOCK_K):
@@ -405,8 +433,11 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
         if COMPUTE_GRAD:
             c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
-            # the label's column is written on its own after the others (_label_column):
-            # no label compare per element
+            # the label's column is written on its own after the others (_label_grad,
+            # _store_label): no label compare per element
+            gy = _label_grad(zy, m, log_s, y, scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE,
+                             PASSIVE, EXACT, SOFTCAP, DT)
+            c2a, c2b, c3a, c3b = _scaled_coefs(scale, c2a, c2b, c3a, c3b)
             g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
                               ACTIVE, PASSIVE, SOFTCAP, False)
             # exactly 0 on an ignored row, whatever its logits: two stores with disjoint
@@ -418,9 +449,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
             tl.store(g_ptrs, tl.zeros_like(g).to(g_ptr.dtype.element_ty),
                      mask=cols < K - n_valid)
             if valid & (y >= 0) & (y < K):
-                tl.debug_barrier()
-                _label_column(g_ptr, gbase, g_k, y, zy, m, log_s, scale, c1, c2a, c2b, c3a,
-                              c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, DT)
+                _store_label(g_ptr, gbase, g_k, y, gy)
     else:
         m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, UNIT_K,
                                    DT)
