@@ -81,6 +81,10 @@ class Term:
     - ``stats2``: its row sums need the final lse, i.e. a second reduction over the row.
     - ``per_element``: it has an elementwise gradient factor ``e_j`` (a ``<name>_elem``
       unit); without one the term depends on ``p_y`` (and stats1) alone.
+    - ``separate_p``: its gradient's p part and e part may nearly cancel (RCE: its e is
+      p itself on the classes in Q, ``A4 p_j (1 - Q)`` on a confident wrong class), so
+      they are added together before the other term's parts; a pair of per-element
+      terms without it shares one p-coefficient (kernels/row_loss.py ``_grad_coefs``).
     - ``focal``: it has a focal weight (``detach_focal_weight`` applies).
     - ``check``: ``h -> error message or None`` on the resolved hyperparameters.
     - ``constants``: ``h -> {slot: value}``, derived constants in double precision.
@@ -93,6 +97,7 @@ class Term:
     hyper: Tuple[str, ...] = ()
     stats2: bool = False
     per_element: bool = False
+    separate_p: bool = False
     focal: bool = False
     check: Optional[Callable[[dict], Optional[str]]] = None
     constants: Callable[[dict], dict] = field(default=lambda h: {})
@@ -153,7 +158,7 @@ TERMS: Tuple[Term, ...] = tuple([
        constants=_nnfl_constants),
     _T(P_MAE, "mae", "passive", "1 - p_y"),
     _T(P_RCE, "rce", "passive", "-log(1e-4) sum_{k!=y} clamp(p_k, 1e-7, 1)", stats2=True,
-       per_element=True, constants=lambda h: {H_RCE_A: RCE_A, H_P_FLOOR: P_FLOOR}),
+       per_element=True, separate_p=True, constants=lambda h: {H_RCE_A: RCE_A, H_P_FLOOR: P_FLOOR}),
     _T(P_GCE, "gce", "passive", "(1 - clamp(p_y, 1e-7, 1)^q) / q", ("q",), check=_q_ok,
        constants=lambda h: {H_P_FLOOR: P_FLOOR}),
     _T(P_AGCE, "agce", "passive", "((a+1)^q - (a+p_y)^q) / q", ("q", "a"),
@@ -162,10 +167,10 @@ TERMS: Tuple[Term, ...] = tuple([
        check=_all(_q_ok, _a_gt1), constants=lambda h: {H_C_PASS: (h["a"] - 1.0) ** h["q"]}),
     _T(P_AEL, "ael", "passive", "exp(-p_y / a)", ("a",), check=_a_pos),
     _T(P_AMSE, "amse", "passive", "mean_k (p_k - a [k == y])^2 over the K present classes",
-       ("a",), stats2=True, per_element=True),
+       ("a",), stats2=True, per_element=True, separate_p=True),
     # CE with label smoothing (``ce``'s ``label_smoothing``; the loss ``ce:ls`` of the registry)
     _T(P_LS, "ls", "passive", "-(1 - eps) w_y log p_y - (eps / K) sum_k w_k log p_k (w: class "
-       "weights or 1)", ("label_smoothing",), stats2=True, per_element=True,
+       "weights or 1)", ("label_smoothing",), stats2=True, per_element=True, separate_p=True,
        check=lambda h: None if 0.0 <= h["label_smoothing"] <= 1.0 else
        f"label_smoothing must lie in [0, 1], got {h['label_smoothing']}"),
 ])
@@ -183,6 +188,13 @@ def has_elementwise(active: int, passive: int) -> Tuple[bool, bool]:
     """Whether the active / passive term has an elementwise gradient factor ``e_j`` (the
     kernels may skip ``c3 * e_j`` for a term without one)."""
     return ACTIVE_TERMS[active].per_element, PASSIVE_TERMS[passive].per_element
+
+
+def one_p_coefficient(active: int, passive: int) -> bool:
+    """Both terms have an elementwise factor and neither needs its p part kept apart
+    (``separate_p``): the gradient is ``(c2a + c2b) p_j + c3a ea_j + c3b eb_j``."""
+    a, p = terms_of(active, passive)
+    return (a.per_element and p.per_element and not a.separate_p and not p.separate_p)
 
 
 def needs_stats2(active: int, passive: int) -> bool:

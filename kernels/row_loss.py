@@ -207,17 +207,17 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
     return tl.sum(A1, 0), tl.sum(EA, 0), tl.sum(B1, 0), tl.sum(EB, 0), tl.sum(BC, 0)
 
 
+# (HAS_EA, HAS_EB, ONE_P) of every (active, passive) pair, from the table (kernels/_codes.py):
+# whether the active / passive term has an elementwise weight e (a term that depends on
+# p_y alone has none), and whether the two share one p-coefficient (``one_p_coefficient``)
+_E_PARTS = tl.constexpr({(a, p): C.has_elementwise(a, p) + (C.one_p_coefficient(a, p),)
+                         for a in C.ACTIVE_TERMS for p in C.PASSIVE_TERMS})
+
+
 @triton.constexpr_function
 def _e_parts(active, passive):
-    """Which gradient parts a loss has, from its codes (compile time): (HAS_EA, HAS_EB,
-    ONE_P). A term whose gradient depends on p_y alone (CE, FL; MAE, GCE, AGCE, AUL, AEL;
-    none) has no elementwise weight e. ONE_P: both terms have one and neither's e part
-    can cancel its p part (NCE/NFL's e is the presence mask or the focal u, NNCE/NNFL's
-    the unclamped mask or m u), so the two p-coefficients are added into one."""
-    has_ea = active not in (C.A_NONE, C.A_CE, C.A_FL)
-    has_eb = passive not in (C.P_NONE, C.P_MAE, C.P_GCE, C.P_AGCE, C.P_AUL, C.P_AEL)
-    one_p = active in (C.A_NCE, C.A_NFL) and passive in (C.P_NNCE, C.P_NNFL)
-    return has_ea, has_eb, one_p
+    """(HAS_EA, HAS_EB, ONE_P) of a loss (``_E_PARTS``), at compile time."""
+    return _E_PARTS.value[(active, passive)]
 
 
 @triton.jit

@@ -144,25 +144,30 @@ def test_validation_from_table(name, kw, msg):
 
 
 def test_kernel_lists_of_elementwise_terms_match_table():
-    """Where kernels/row_loss.py spells out which terms have an elementwise factor
-    (``HAS_EA`` / ``HAS_EB``, as a list or as ``not`` the list of those without), it must
-    be the table's ``per_element`` terms: a term left out would lose its ``c3 e_j`` part of
-    the gradient (kernels/row_loss.py ``_grad_combine`` skips ``c3 * e`` for the others)."""
+    """kernels/row_loss.py takes which terms have an elementwise factor (``HAS_EA`` /
+    ``HAS_EB``) and which pairs share one p-coefficient (``ONE_P``) from the table
+    (``_E_PARTS``, built from ``per_element`` and ``separate_p``), and spells out no list of
+    term codes of its own: a term left out of such a list would lose its ``c3 e_j`` part of
+    the gradient (``_grad_combine`` skips ``c3 * e`` for the others), and one wrongly
+    sharing a p-coefficient would add RCE's nearly cancelling parts after another term's."""
     from pathlib import Path
+    from fused_anl.kernels import row_loss
+    parts = row_loss._E_PARTS.value
+    assert len(parts) == len(C.ACTIVE_TERMS) * len(C.PASSIVE_TERMS)
+    for (a, p), (ea, eb, one_p) in parts.items():
+        at, pt = C.ACTIVE_TERMS[a], C.PASSIVE_TERMS[p]
+        assert (ea, eb) == (at.per_element, pt.per_element), (at.name, pt.name)
+        assert one_p == (ea and eb and not at.separate_p and not pt.separate_p), (at.name, pt.name)
+    assert parts[(C.A_NCE, C.P_NNCE)][2] and not parts[(C.A_NCE, C.P_RCE)][2]
     src = (Path(_terms.__file__).parent / "row_loss.py").read_text()
-    want = {"HAS_EA": {t.code for t in C.ACTIVE_TERMS.values() if t.per_element},
-            "HAS_EB": {t.code for t in C.PASSIVE_TERMS.values() if t.per_element}}
-    found = {"HAS_EA": 0, "HAS_EB": 0}
+    found = 0
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for tgt in targets:
-                if isinstance(tgt, ast.Name) and tgt.id in want and node.value is not None:
-                    codes = {getattr(C, n.id) for n in ast.walk(node.value)
-                             if isinstance(n, ast.Name) and n.id[:2] in ("A_", "P_")}
-                    if isinstance(node.value, ast.UnaryOp) and isinstance(node.value.op, ast.Not):
-                        table = C.ACTIVE_TERMS if tgt.id == "HAS_EA" else C.PASSIVE_TERMS
-                        codes = set(table) - codes  # ``not (the terms without e)``
-                    assert codes == want[tgt.id], (tgt.id, codes, want[tgt.id])
-                    found[tgt.id] += 1
-    assert found["HAS_EA"] and found["HAS_EB"], found  # the check saw the lists
+                if isinstance(tgt, ast.Name) and tgt.id in ("HAS_EA", "HAS_EB", "ONE_P"):
+                    codes = [n.id for n in ast.walk(node.value)
+                             if isinstance(n, ast.Name) and n.id[:2] in ("A_", "P_")]
+                    assert not codes, (tgt.id, codes)
+                    found += 1
+    assert found >= 3, found  # the check saw the assignments
