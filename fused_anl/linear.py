@@ -162,8 +162,7 @@ def _scaled(g, grad_out, dtype, in_place: bool, backend: str):
     ``grad_out`` is 1), else written once into a new tensor of ``dtype`` (the float32
     weight gradient of bf16 weights: the result the caller returns, not a temporary)."""
     if in_place and g.dtype == dtype:
-        torch.ops.fused_anl.scale_grad_(g.reshape(g.shape[0], -1, 1), grad_out.reshape(-1),
-                                        backend)
+        torch.ops.fused_anl.scale_grad_(g.view(g.numel(), 1, 1), grad_out.reshape(-1), backend)
         return g
     return torch.mul(g, grad_out.to(g.dtype), out=torch.empty_like(g, dtype=dtype))
 

@@ -75,10 +75,13 @@ def config(**overrides):
 #   per element at 16 per thread, 6 at 32 (29.9 -> 23.4 instructions per element).
 # - NFL + RCE streaming: 8; it keeps all five stats2 sums per thread and NFL's power:
 #   144 registers at 16 per thread (one block of 8 warps per SM), 96 at 8 (0.25).
+# - NFL + AMSE streaming: 8; at 16 per thread its float32 gradient loop spilled 4 bytes
+#   once the other columns' coefficients carried the row's scale (80 registers).
 DEFAULT_ELEMS_PER_THREAD = 16
 ELEMS_PER_THREAD = {
     ("single", (C.A_CE, C.P_NONE)): 32,
     ("blocks", (C.A_NFL, C.P_RCE)): 8,
+    ("blocks", (C.A_NFL, C.P_AMSE)): 8,
 }
 
 
@@ -275,7 +278,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
             **_outputs(loss, grad, lse_out), ROWS=rows,
             COMPUTE_GRAD=compute_grad, SINGLE=pl.path == "single",
             NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block, PERSISTENT=pl.grid > 0,
-            num_warps=pl.num_warps, **loss_args)
+            REPS=_lane_reps(z3, pl), num_warps=pl.num_warps, **loss_args)
         return loss, grad
     part1 = _stats1_partials(z3, pl, hyper, softcap=bool(softcap))
     part2 = _stats2_partials(z3, target, hyper, part1, pl, active=active, passive=passive,
@@ -319,6 +322,14 @@ def _columns(z3, grad, block):
                 UNIT_GK=grad is None or grad.stride(1) == 1)
 
 
+def _lane_reps(z3, pl) -> int:
+    """Tile rows per thread of the streaming statistics (kernels/row_loss.py ``_lane_tile``):
+    the block's 16-byte tile rows over the program's threads, at least 1 (a block smaller
+    than the threads' tile rows is replicated across them)."""
+    ept = _columns(z3, None, pl.block)["EPT"]
+    return max(1, pl.block // ept // (32 * pl.num_warps))
+
+
 def _stats1_partials(z3, pl, hyper=None, softcap=False):
     """Launch 1 of split rows and shards: (rows, chunks, STATS1) stats1 per chunk."""
     n, k, d = z3.shape
@@ -326,8 +337,8 @@ def _stats1_partials(z3, pl, hyper=None, softcap=False):
     split_stats1_kernel[(n * d, pl.chunks)](
         **_logits(z3), h_ptr=hyper if hyper is not None else part, part_ptr=part,
         CHUNK=pl.chunk, SOFTCAP=softcap, BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3),
-        EPT=_columns(z3, None, pl.block)["EPT"], UNIT_K=z3.stride(1) == 1,
-        num_warps=pl.num_warps)
+        EPT=_columns(z3, None, pl.block)["EPT"], REPS=_lane_reps(z3, pl),
+        UNIT_K=z3.stride(1) == 1, num_warps=pl.num_warps)
     return part
 
 

@@ -109,6 +109,18 @@ def _tile(BLOCK_K: tl.constexpr, EPT: tl.constexpr):
 
 
 @triton.jit
+def _lane_tile(BLOCK_K: tl.constexpr, EPT: tl.constexpr, REPS: tl.constexpr):
+    """``_tile``'s columns as a (REPS, BLOCK_K // (EPT REPS), EPT) tile: with REPS tile rows
+    per thread (kernels/launch.py ``_columns``), a thread's rows are the ones it holds
+    along axis 0, so that reducing axes 2 and 0 stays in the thread and the thread keeps
+    one lane of online statistics, not one per tile row (``_chunk_stats1``: one rescale
+    per block per thread). Any REPS >= 1 that divides the rows gives the same columns."""
+    R: tl.constexpr = BLOCK_K // EPT // REPS
+    return (tl.arange(0, REPS)[:, None, None] * (R * EPT) + tl.arange(0, R)[None, :, None] * EPT
+            + tl.arange(0, EPT)[None, None, :])
+
+
+@triton.jit
 def _ptrs(ptr, cols, s_k, UNIT_K: tl.constexpr):
     """Pointers to columns ``cols`` (block-relative) of a block that starts at ``ptr``;
     32-bit column offsets when the column stride is 1, else 64-bit (cols * s_k)."""
@@ -139,13 +151,13 @@ def _block_label(y, start, BLOCK_K: tl.constexpr):
 
 @triton.jit
 def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
-                  BLOCK_K: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr,
-                  DT: tl.constexpr):
+                  BLOCK_K: tl.constexpr, EPT: tl.constexpr, REPS: tl.constexpr,
+                  UNIT_K: tl.constexpr, DT: tl.constexpr):
     """stats1 (max, sum exp(z - max), sum (z - max), #present) of columns [lo, hi).
 
-    Online per tile row (kernels/row_loss.py ``_tile``): each thread keeps the stats of
-    its own columns across the blocks, merged once at the end (one cross-warp reduction
-    per statistic per chunk, not per block). The rule of kernels/_terms.py
+    Online per thread (``_lane_tile``): each thread keeps the stats of its own columns
+    across the blocks, merged once at the end (one cross-warp reduction per statistic
+    per chunk, not per block). The rule of kernels/_terms.py
     ``stats1_block`` holds: absent (-inf) entries are skipped, a NaN or +inf makes s NaN.
     Absent entries need no mask in s: their exp(-inf - ms) is 0 whenever ms is not -inf,
     and ms (the running max, 0 while a lane has only absent entries) never is; a +inf
@@ -154,8 +166,8 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
     (A loss whose terms read neither d nor c, CE for one, has them removed by the
     compiler.)
     """
-    cols = _tile(BLOCK_K, EPT)
-    R: tl.constexpr = BLOCK_K // EPT
+    cols = _lane_tile(BLOCK_K, EPT, REPS)
+    R: tl.constexpr = BLOCK_K // EPT // REPS
     m = tl.full((R,), NEG_INF, DT)
     s = tl.zeros((R,), DT)
     d = tl.zeros((R,), DT)
@@ -163,14 +175,16 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
     for start in range(lo, hi, BLOCK_K):
         z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
                         h_ptr, SOFTCAP, UNIT_K, DT)
-        mn = tl.maximum(m, tl.max(z, 1))
+        mn = tl.maximum(m, tl.max(tl.max(z, 2), 0))
         ms = tl.where(mn > NEG_INF, mn, 0.0)
         mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
-        t = z - ms[:, None]
-        present = z > NEG_INF
-        s = s * fast_exp(mo - ms) + tl.sum(fast_exp(t), 1)
-        d = d + c * (mo - ms) + tl.sum(tl.where(present, t, 0.0), 1)
-        c = c + tl.sum(tl.where(present, 1.0, 0.0), 1)
+        t = z - ms[None, :, None]
+        # present from t, not z: a float32 compare (FSET) instead of bf16 pair compares
+        # and their repacking; t is -inf exactly where z is (ms is finite)
+        present = t > NEG_INF
+        s = s * fast_exp(mo - ms) + tl.sum(tl.sum(fast_exp(t), 2), 0)
+        d = d + c * (mo - ms) + tl.sum(tl.sum(tl.where(present, t, 0.0), 2), 0)
+        c = c + tl.sum(tl.sum(tl.where(present, 1.0, 0.0), 2), 0)
         m = mn
     M = tl.max(m, 0)
     Ms = tl.where(M > NEG_INF, M, 0.0)
@@ -368,7 +382,8 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
                     SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
                     PERSISTENT: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
                     Z_LOSS: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
-                    UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr, DT: tl.constexpr):
+                    REPS: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
+                    DT: tl.constexpr):
     """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
     fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
     streamed at once, hence the bytes the streaming path's re-reads need to find in L2
@@ -383,12 +398,12 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
             _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                      lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE,
                      EXACT, HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP,
-                     STORE_LSE, Z_LOSS, VEC, EPT, UNIT_K, UNIT_GK, DT)
+                     STORE_LSE, Z_LOSS, VEC, EPT, REPS, UNIT_K, UNIT_GK, DT)
     else:
         _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr, K, D, s_n,
                  s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT, HAS_WEIGHT, MEAN,
                  COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP, STORE_LSE, Z_LOSS, VEC, EPT,
-                 UNIT_K, UNIT_GK, DT)
+                 REPS, UNIT_K, UNIT_GK, DT)
 
 
 @triton.jit
@@ -407,8 +422,8 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              HAS_WEIGHT: tl.constexpr, MEAN: tl.constexpr, COMPUTE_GRAD: tl.constexpr,
              SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
              SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr, Z_LOSS: tl.constexpr,
-             VEC: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
-             DT: tl.constexpr):
+             VEC: tl.constexpr, EPT: tl.constexpr, REPS: tl.constexpr, UNIT_K: tl.constexpr,
+             UNIT_GK: tl.constexpr, DT: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned)."""
     base, y, valid = _row_start(t_ptr, row, D, s_n, s_d, ignore_index, VEC)
     if SINGLE:
@@ -451,8 +466,8 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
             if valid & (y >= 0) & (y < K):
                 _store_label(g_ptr, gbase, g_k, y, gy)
     else:
-        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, UNIT_K,
-                                   DT)
+        m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, REPS,
+                                   UNIT_K, DT)
         log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
@@ -500,7 +515,7 @@ def _load_stats1_partials(part_ptr, row, P, P_BLOCK: tl.constexpr):
 @triton.jit
 def split_stats1_kernel(z_ptr, h_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
                         SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
-                        UNIT_K: tl.constexpr, DT: tl.constexpr):
+                        REPS: tl.constexpr, UNIT_K: tl.constexpr, DT: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     pid = tl.program_id(1)
     P = tl.num_programs(1)
@@ -508,7 +523,7 @@ def split_stats1_kernel(z_ptr, h_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
     base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
     m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), h_ptr, SOFTCAP,
-                               BLOCK_K, EPT, UNIT_K, DT)
+                               BLOCK_K, EPT, REPS, UNIT_K, DT)
     ptr = part_ptr + (row * P + pid) * S1
     tl.store(ptr, m)
     tl.store(ptr + 1, s)

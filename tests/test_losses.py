@@ -262,3 +262,22 @@ def test_label_column_at_block_edges(name, inplace, kernel_path):
     assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none",
                               ignore_index=ignore)
     assert torch.all(g[-1] == 0)
+
+
+@pytest.mark.parametrize("name", ["anl_ce", "nce_rce", "anl_fl"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_streaming_with_several_tile_rows_per_thread(name, dtype):
+    """The streaming statistics keep one lane of online max/sums per thread over all the
+    16-byte tile rows it holds (kernels/row_loss.py ``_lane_tile``, REPS rows per thread).
+    The other tests' blocks of 8 columns give every thread at most one row; here blocks of
+    2048 columns over 4 warps give 4 (float32) or 2 (bf16) rows per thread, on rows of
+    5000 classes (two full blocks and a partial one) with -inf classes, confident rows and
+    an ignored one."""
+    k = 5000
+    cfg = dict(max_single_k=16, block_k=2048, split_max_rows=0)
+    z, t = edge_case_batch(6, k, dtype=dtype, device=DEVICE, seed=11)
+    with launch.config(**cfg):
+        pl = launch.plan(z.shape[0], k, elem_bytes=z.element_size())
+        assert pl.path == "stream" and launch._lane_reps(z.reshape(6, k, 1), pl) > 1
+        v, g = loss_and_grad(getattr(fused_anl, name), z, t, backend="triton", reduction="none")
+    assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none")
