@@ -423,9 +423,14 @@ def issue_rate(dev=H100) -> float:
 def _per_elem(r, cols: int, key: str = "instr"):
     """Thread-instructions (or, key="mufu", a Counter of MUFU ops) per element for a
     program of kernel row ``r`` covering ``cols`` elements: loop bodies times their
-    iterations (ceil(cols / block)) plus the straight-line rest, times 32 x warps."""
+    iterations plus the straight-line rest, times 32 x warps. With 2-byte logits every
+    pass of the row kernels takes its first block (the leftover columns, or a whole
+    block) before its loop, as straight-line code (kernels/row_loss.py
+    ``_first_block_end``): the rest counts it once, and the loops run the other
+    ceil(cols / block) - 1 blocks; otherwise the loops run ceil(cols / block) times."""
     p = r["sass"]
-    iters = -(-cols // r["block_k"]) if p["loops"] else 0
+    peeled = r.get("dtype") in ("bfloat16", "float16") and r.get("path") != "backward"
+    iters = max(0, -(-cols // r["block_k"]) - peeled) if p["loops"] else 0
     threads = 32 * r["num_warps"]
     if key == "instr":
         rest = p["instr"] - sum(lp["instr"] for lp in p["loops"])

@@ -77,21 +77,45 @@ def config(**overrides):
 #   144 registers at 16 per thread (one block of 8 warps per SM), 96 at 8 (0.25).
 # - NFL + AMSE streaming: 8; at 16 per thread its float32 gradient loop spilled 4 bytes
 #   once the other columns' coefficients carried the row's scale (80 registers).
+# - ANL-CE on COMPACT rows (``compact_rows``: 2-byte logits, unit column stride, no soft
+#   cap): 32 on every path. In one block (8 warps at 8192: 128 registers, the same
+#   occupancy 0.25 as 16 warps of 91 at 16 per thread) its six row reductions and the
+#   epilogue cost ~300 instructions per thread whatever it holds: 45.3 -> 33.9 per
+#   element at K = 8192. Streaming (4 warps per 4096-column block, 79 registers,
+#   occupancy 0.375), each pass's per-block work is shared by twice the elements:
+#   40.9 -> 37.3 at K = 32768. Float32 logits in one block (145 registers), 64-bit
+#   column offsets (227-255, spills on the split path) or the cap's tanh in one block
+#   (197) would halve the occupancy or spill: those rows keep the default.
 DEFAULT_ELEMS_PER_THREAD = 16
+COMPACT = "compact"  # an entry's third key: only for 2-byte, unit-stride, uncapped logits
 ELEMS_PER_THREAD = {
     ("single", (C.A_CE, C.P_NONE)): 32,
+    ("single", (C.A_NCE, C.P_NNCE), COMPACT): 32,
+    ("blocks", (C.A_NCE, C.P_NNCE), COMPACT): 32,
     ("blocks", (C.A_NFL, C.P_RCE)): 8,
     ("blocks", (C.A_NFL, C.P_AMSE)): 8,
 }
 
 
-def elems_per_thread(path: str, loss=None, cfg: LaunchConfig | None = None) -> int:
+def compact_rows(z3, softcap: bool = False) -> bool:
+    """Rows of 2-byte logits with unit column stride, read without the soft cap: the
+    policy table's COMPACT entries apply to them (fewer registers per element than
+    float32 logits, 64-bit column offsets or the cap's tanh)."""
+    return z3.element_size() == 2 and z3.stride(1) == 1 and not softcap
+
+
+def elems_per_thread(path: str, loss=None, cfg: LaunchConfig | None = None, *,
+                     compact: bool = False) -> int:
     """Block elements per thread for ``path`` ("single" or "blocks") and ``loss`` ((active,
     passive) codes, or None): the config's value if it sets one, else the policy table's
-    (``ELEMS_PER_THREAD``), else ``DEFAULT_ELEMS_PER_THREAD``."""
+    (``ELEMS_PER_THREAD``: its COMPACT entry if the rows are, else the loss's), else
+    ``DEFAULT_ELEMS_PER_THREAD``. ``compact``: 2-byte logits, unit column stride, no soft
+    cap (``compact_rows``)."""
     cfg = cfg or _config
     if cfg.elems_per_thread:
         return cfg.elems_per_thread
+    if compact and (path, loss, COMPACT) in ELEMS_PER_THREAD:
+        return ELEMS_PER_THREAD[(path, loss, COMPACT)]
     return ELEMS_PER_THREAD.get((path, loss), DEFAULT_ELEMS_PER_THREAD)
 
 
@@ -213,22 +237,24 @@ def stream_grid(rows: int, k: int, elem_bytes: int, sms: int, l2: int,
 
 
 def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, sms=1,
-         shard=False, l2=0, elem_bytes=2, loss=None) -> Plan:
+         shard=False, l2=0, elem_bytes=2, loss=None, compact=False) -> Plan:
     """The launch plan under ``cfg`` (default: the current config) on a device with
     ``sms`` SMs and ``l2`` bytes of L2 (``cfg.sms``, ``cfg.l2_bytes`` override them), for
     logits of ``elem_bytes`` bytes. ``inplace``: the gradient overwrites the logits,
     which rules out split rows. ``shard``: a class-parallel shard of K classes, read as
     one chunk of the split-row kernels. Streaming rows run on the grid of
     ``stream_grid``. ``loss``: the (active, passive) term codes, for the per-loss
-    elements per thread of each path (``ELEMS_PER_THREAD``)."""
+    elements per thread of each path (``ELEMS_PER_THREAD``; ``compact``: the rows are,
+    see ``compact_rows``)."""
     cfg = cfg or _config
-    ept = elems_per_thread("blocks", loss, cfg)
+    ept = elems_per_thread("blocks", loss, cfg, compact=compact)
     if shard:
         block = min(cfg.block_k, triton.next_power_of_2(k))
         return Plan("split", block, _warps(block, cfg, ept), chunk=k, chunks=1)
     if k <= cfg.max_single_k:
         block = triton.next_power_of_2(k)
-        return Plan("single", block, _warps(block, cfg, elems_per_thread("single", loss, cfg)))
+        ept1 = elems_per_thread("single", loss, cfg, compact=compact)
+        return Plan("single", block, _warps(block, cfg, ept1))
     if rows <= cfg.split_max_rows and k > cfg.split_chunk and not inplace:
         chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
         chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
@@ -268,7 +294,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
         return loss, grad
     pl = plan(rows, k, inplace=out is not None and out.data_ptr() == z3.data_ptr(),
               sms=sm_count(z3.device), l2=l2_bytes(z3.device), elem_bytes=z3.element_size(),
-              loss=(active, passive))
+              loss=(active, passive), compact=compact_rows(z3, bool(softcap)))
     loss_args = dict(ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3),
                      VEC=row_vec(z3, grad), SOFTCAP=bool(softcap), Z_LOSS=bool(z_loss),
                      **_columns(z3, grad, pl.block))
@@ -385,7 +411,7 @@ def shard_stats1(z3):
     n, k, d = z3.shape
     if n * d == 0:
         return torch.empty((0, 1, STATS1), dtype=_cdtype(z3), device=z3.device)
-    return _stats1_partials(z3, plan(n * d, k, shard=True))
+    return _stats1_partials(z3, plan(n * d, k, shard=True, compact=compact_rows(z3)))
 
 
 @_device_guard
@@ -395,7 +421,8 @@ def shard_stats2(z3, y_local, hyper, parts1, *, active, passive, exact):
     if n * d == 0:
         return torch.empty((0, 1, STATS2), dtype=parts1.dtype, device=z3.device)
     return _stats2_partials(z3, y_local, hyper, parts1,
-                            plan(n * d, k, shard=True, loss=(active, passive)),
+                            plan(n * d, k, shard=True, loss=(active, passive),
+                                 compact=compact_rows(z3)),
                             active=active, passive=passive, exact=exact)
 
 
@@ -407,7 +434,7 @@ def shard_finish(z3, y_local, row_weight, zy, hyper, den, parts1, parts2, *, act
     loss = torch.empty(n * d, dtype=parts1.dtype, device=z3.device)
     grad = torch.empty((n, k, d), dtype=z3.dtype, device=z3.device) if compute_grad else None
     if n * d:
-        pl = plan(n * d, k, shard=True, loss=(active, passive))
+        pl = plan(n * d, k, shard=True, loss=(active, passive), compact=compact_rows(z3))
         _finish(z3, y_local, row_weight, den, hyper, zy, parts1, parts2, loss, grad, pl,
                 ignore_index=ignore_index, sharded=True, compute_grad=compute_grad,
                 ACTIVE=active, PASSIVE=passive, EXACT=exact, DT=_dt(z3), VEC=row_vec(z3, grad),

@@ -29,6 +29,7 @@ from ._terms import (
     elementwise,
     epilogue,
     fast_exp,
+    present_part,
     probs,
     softcap,
     softcap_grad,
@@ -132,27 +133,71 @@ def _ptrs(ptr, cols, s_k, UNIT_K: tl.constexpr):
 
 @triton.jit
 def _load_block(z_ptr, cols, s_k, n, h_ptr, SOFTCAP: tl.constexpr, UNIT_K: tl.constexpr,
-                DT: tl.constexpr):
+                DT: tl.constexpr, MASKED: tl.constexpr = True):
     """The first ``n`` columns of the block at ``z_ptr`` in the compute dtype (capped with
-    SOFTCAP, kernels/_terms.py ``softcap``); columns at or past ``n`` read as absent (-inf)."""
-    z = tl.load(_ptrs(z_ptr, cols, s_k, UNIT_K), mask=cols < n, other=NEG_INF).to(DT)
+    SOFTCAP, kernels/_terms.py ``softcap``); columns at or past ``n`` read as absent (-inf).
+    MASKED false: a whole block (``n`` unused), read without a mask (no predicate and no
+    fill value per register: ``_first_block_end``)."""
+    if MASKED:
+        z = tl.load(_ptrs(z_ptr, cols, s_k, UNIT_K), mask=cols < n, other=NEG_INF).to(DT)
+    else:
+        z = tl.load(_ptrs(z_ptr, cols, s_k, UNIT_K)).to(DT)
     if SOFTCAP:
         z = softcap(z, h_ptr)
     return z
 
 
 @triton.jit
-def _block_label(y, start, BLOCK_K: tl.constexpr):
-    """The label relative to a block starting at column ``start``, int32; -1 when the
-    label is not in the block (an ignored or out-of-range label is in none)."""
+def _block_label(y, start, width):
+    """The label relative to a block of ``width`` columns starting at column ``start``,
+    int32; -1 when the label is not in the block (an ignored or out-of-range label is in
+    none)."""
     rel = y - start
-    return tl.where((rel >= 0) & (rel < BLOCK_K), rel, -1).to(tl.int32)
+    return tl.where((rel >= 0) & (rel < width), rel, -1).to(tl.int32)
+
+
+@triton.constexpr_function
+def _peeled(dtype):
+    """Whether the passes over logits of ``dtype`` take their first block apart
+    (``_first_block_end``): 2-byte logits. A float32 row's passes kept the masked loop:
+    with the first block apart as well, ptxas held NCE+RCE's and NFL+AMSE's streaming
+    kernels at 64 registers and spilled (4 and 12 bytes, sm_90)."""
+    return dtype.primitive_bitwidth == 16
+
+
+@triton.jit
+def _first_block_end(lo, hi, BLOCK_K: tl.constexpr, VEC: tl.constexpr):
+    """Where the first block of columns [lo, hi) ends: the passes over a chunk take its
+    ``(hi - lo) % BLOCK_K`` leftover columns (a whole block when there are none, at most
+    ``hi``) first, with a mask, and then whole blocks without one, so that only that
+    first block pays for masked loads and stores. The leftover is a multiple of VEC
+    (K, the chunk and the block are), written so that the compiler sees it (``_aligned``)
+    and keeps the following blocks' loads 16 bytes wide."""
+    r = (hi - lo) % BLOCK_K
+    return tl.minimum(lo + _aligned(tl.where(r == 0, BLOCK_K, r), VEC), hi)
+
+
+@triton.jit
+def _stats1_step(m, s, d, c, z):
+    """One block's update of the per-lane online stats1 (``_chunk_stats1``), z of shape
+    (REPS, R, EPT) (``_lane_tile``)."""
+    mn = tl.maximum(m, tl.max(tl.max(z, 2), 0))
+    ms = tl.where(mn > NEG_INF, mn, 0.0)
+    mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
+    t = z - ms[None, :, None]
+    # present from t, not z: a float32 compare (FSET) instead of bf16 pair compares
+    # and their repacking; t is -inf exactly where z is (ms is finite)
+    pf = tl.where(t > NEG_INF, 1.0, 0.0)
+    s = s * fast_exp(mo - ms) + tl.sum(tl.sum(fast_exp(t), 2), 0)
+    d = d + c * (mo - ms) + tl.sum(tl.sum(present_part(t, pf), 2), 0)
+    c = c + tl.sum(tl.sum(pf, 2), 0)
+    return mn, s, d, c
 
 
 @triton.jit
 def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
                   BLOCK_K: tl.constexpr, EPT: tl.constexpr, REPS: tl.constexpr,
-                  UNIT_K: tl.constexpr, DT: tl.constexpr):
+                  VEC: tl.constexpr, UNIT_K: tl.constexpr, DT: tl.constexpr):
     """stats1 (max, sum exp(z - max), sum (z - max), #present) of columns [lo, hi).
 
     Online per thread (``_lane_tile``): each thread keeps the stats of its own columns
@@ -172,20 +217,17 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
     s = tl.zeros((R,), DT)
     d = tl.zeros((R,), DT)
     c = tl.zeros((R,), DT)
-    for start in range(lo, hi, BLOCK_K):
-        z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+    PEEL: tl.constexpr = _peeled(z_ptr.dtype.element_ty)
+    first = lo
+    if PEEL:
+        first = _first_block_end(lo, hi, BLOCK_K, VEC)
+        z = _load_block(z_ptr + base + tl.cast(lo, tl.int64) * s_k, cols, s_k, first - lo,
                         h_ptr, SOFTCAP, UNIT_K, DT)
-        mn = tl.maximum(m, tl.max(tl.max(z, 2), 0))
-        ms = tl.where(mn > NEG_INF, mn, 0.0)
-        mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
-        t = z - ms[None, :, None]
-        # present from t, not z: a float32 compare (FSET) instead of bf16 pair compares
-        # and their repacking; t is -inf exactly where z is (ms is finite)
-        present = t > NEG_INF
-        s = s * fast_exp(mo - ms) + tl.sum(tl.sum(fast_exp(t), 2), 0)
-        d = d + c * (mo - ms) + tl.sum(tl.sum(tl.where(present, t, 0.0), 2), 0)
-        c = c + tl.sum(tl.sum(tl.where(present, 1.0, 0.0), 2), 0)
-        m = mn
+        m, s, d, c = _stats1_step(m, s, d, c, z)
+    for start in range(first, hi, BLOCK_K):
+        z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+                        h_ptr, SOFTCAP, UNIT_K, DT, not PEEL)
+        m, s, d, c = _stats1_step(m, s, d, c, z)
     M = tl.max(m, 0)
     Ms = tl.where(M > NEG_INF, M, 0.0)
     mo = tl.where(m > NEG_INF, m, Ms)
@@ -194,12 +236,25 @@ def _chunk_stats1(z_ptr, base, s_k, lo, hi, h_ptr, SOFTCAP: tl.constexpr,
 
 
 @triton.jit
+def _stats2_step(A1, EA, B1, EB, BC, z, cols, y, start, width, m, log_s, h_ptr,
+                 ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, EXACT: tl.constexpr):
+    """One block's update of the per-tile-row stats2 sums (``_chunk_stats2``): the block
+    of ``width`` columns from column ``start``."""
+    l, p = probs(z, m, log_s)
+    a1, ea, b1, eb, bc = elementwise(z, l, p, cols, _block_label(y, start, width), start,
+                                     h_ptr, ACTIVE, PASSIVE, EXACT)
+    return (A1 + tl.sum(a1, 1), EA + tl.sum(ea, 1), B1 + tl.sum(b1, 1), EB + tl.sum(eb, 1),
+            BC + tl.sum(bc, 1))
+
+
+@triton.jit
 def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.constexpr,
                   PASSIVE: tl.constexpr, EXACT: tl.constexpr, SOFTCAP: tl.constexpr,
-                  BLOCK_K: tl.constexpr, EPT: tl.constexpr, UNIT_K: tl.constexpr,
-                  DT: tl.constexpr):
+                  BLOCK_K: tl.constexpr, EPT: tl.constexpr, VEC: tl.constexpr,
+                  UNIT_K: tl.constexpr, DT: tl.constexpr):
     """The lse-dependent sums (A1, EA, B1, EB, BC) of columns [lo, hi), accumulated per
-    tile row and reduced across the block once at the end."""
+    tile row and reduced across the block once at the end; the first block masked, the
+    others whole (``_first_block_end``)."""
     cols = _tile(BLOCK_K, EPT)
     R: tl.constexpr = BLOCK_K // EPT
     A1 = tl.zeros((R,), DT)
@@ -207,17 +262,19 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h_ptr, ACTIVE: tl.const
     B1 = tl.zeros((R,), DT)
     EB = tl.zeros((R,), DT)
     BC = tl.zeros((R,), DT)
-    for start in range(lo, hi, BLOCK_K):
-        z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+    PEEL: tl.constexpr = _peeled(z_ptr.dtype.element_ty)
+    first = lo
+    if PEEL:
+        first = _first_block_end(lo, hi, BLOCK_K, VEC)
+        z = _load_block(z_ptr + base + tl.cast(lo, tl.int64) * s_k, cols, s_k, first - lo,
                         h_ptr, SOFTCAP, UNIT_K, DT)
-        l, p = probs(z, m, log_s)
-        a1, ea, b1, eb, bc = elementwise(z, l, p, cols, _block_label(y, start, BLOCK_K), start,
-                                         h_ptr, ACTIVE, PASSIVE, EXACT)
-        A1 += tl.sum(a1, 1)
-        EA += tl.sum(ea, 1)
-        B1 += tl.sum(b1, 1)
-        EB += tl.sum(eb, 1)
-        BC += tl.sum(bc, 1)
+        A1, EA, B1, EB, BC = _stats2_step(A1, EA, B1, EB, BC, z, cols, y, lo, first - lo, m,
+                                          log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
+    for start in range(first, hi, BLOCK_K):
+        z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
+                        h_ptr, SOFTCAP, UNIT_K, DT, not PEEL)
+        A1, EA, B1, EB, BC = _stats2_step(A1, EA, B1, EB, BC, z, cols, y, start, BLOCK_K, m,
+                                          log_s, h_ptr, ACTIVE, PASSIVE, EXACT)
     return tl.sum(A1, 0), tl.sum(EA, 0), tl.sum(B1, 0), tl.sum(EB, 0), tl.sum(BC, 0)
 
 
@@ -330,11 +387,34 @@ def _store_label(g_ptr, gbase, g_k, y, gy):
 
 
 @triton.jit
+def _grad_block(z_ptr, g_ptr, base, gbase, s_k, g_k, start, n, cols, m, log_s, scale, c1, c2a,
+                c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+                EXACT: tl.constexpr, SOFTCAP: tl.constexpr, UNIT_K: tl.constexpr,
+                UNIT_GK: tl.constexpr, DT: tl.constexpr, MASKED: tl.constexpr):
+    """The gradient of the ``n`` columns of the block at column ``start``, as if none were
+    the label's (``_chunk_grad``), with scaled coefficients; MASKED false: a whole block,
+    read and written without masks."""
+    nolabel = tl.full((), -1, tl.int32)
+    z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, n, h_ptr, SOFTCAP,
+                    UNIT_K, DT, MASKED)
+    l, p = probs(z, m, log_s)
+    a1, ea, b1, eb, bc = elementwise(z, l, p, cols, nolabel, start, h_ptr, ACTIVE, PASSIVE,
+                                     EXACT)
+    g = _grad_combine(cols, nolabel, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
+                      ACTIVE, PASSIVE, SOFTCAP, False)
+    g_ptrs = _ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK)
+    if MASKED:
+        tl.store(g_ptrs, g.to(g_ptr.dtype.element_ty), mask=cols < n)
+    else:
+        tl.store(g_ptrs, g.to(g_ptr.dtype.element_ty))
+
+
+@triton.jit
 def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, valid, scale,
                 c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr, SOFTCAP: tl.constexpr, BLOCK_K: tl.constexpr,
-                EPT: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
-                DT: tl.constexpr):
+                EPT: tl.constexpr, VEC: tl.constexpr, UNIT_K: tl.constexpr,
+                UNIT_GK: tl.constexpr, DT: tl.constexpr):
     """The gradient of columns [lo, hi); exactly 0 on an ignored row (whatever its
     logits: that row's loop stores zeros and reads nothing).
 
@@ -354,17 +434,17 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, va
         gy = _label_grad(zy, m, log_s, y, scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE,
                          EXACT, SOFTCAP, DT)
         c2a, c2b, c3a, c3b = _scaled_coefs(scale, c2a, c2b, c3a, c3b)
-        nolabel = tl.full((), -1, tl.int32)
-        for start in range(lo, hi, BLOCK_K):
-            z = _load_block(z_ptr + base + tl.cast(start, tl.int64) * s_k, cols, s_k, hi - start,
-                            h_ptr, SOFTCAP, UNIT_K, DT)
-            l, p = probs(z, m, log_s)
-            a1, ea, b1, eb, bc = elementwise(z, l, p, cols, nolabel, start, h_ptr, ACTIVE,
-                                             PASSIVE, EXACT)
-            g = _grad_combine(cols, nolabel, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h_ptr,
-                              ACTIVE, PASSIVE, SOFTCAP, False)
-            tl.store(_ptrs(g_ptr + gbase + tl.cast(start, tl.int64) * g_k, cols, g_k, UNIT_GK),
-                     g.to(g_ptr.dtype.element_ty), mask=cols < hi - start)
+        PEEL: tl.constexpr = _peeled(z_ptr.dtype.element_ty)
+        first = lo
+        if PEEL:
+            first = _first_block_end(lo, hi, BLOCK_K, VEC)
+            _grad_block(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, first - lo, cols, m, log_s,
+                        scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP,
+                        UNIT_K, UNIT_GK, DT, True)
+        for start in range(first, hi, BLOCK_K):
+            _grad_block(z_ptr, g_ptr, base, gbase, s_k, g_k, start, hi - start, cols, m, log_s,
+                        scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP,
+                        UNIT_K, UNIT_GK, DT, not PEEL)
         if (y >= lo) & (y < hi):
             _store_label(g_ptr, gbase, g_k, y, gy)
     else:
@@ -431,7 +511,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
                                    K, HAS_WEIGHT, MEAN, False, SOFTCAP, DT)
         gbase = _row_base(row, D, g_n, g_d, VEC)
         cols = tl.arange(0, BLOCK_K)
-        yb = _block_label(y, 0, BLOCK_K)
+        yb = _block_label(y, 0, K)
         z = _load_block(z_ptr + base, cols, s_k, K, h_ptr, SOFTCAP, UNIT_K, DT)
         m, s, d, c, e = stats1_block(z)
         log_s = tl.log(s)
@@ -467,7 +547,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
                 _store_label(g_ptr, gbase, g_k, y, gy)
     else:
         m, s, d, c = _chunk_stats1(z_ptr, base, s_k, 0, K, h_ptr, SOFTCAP, BLOCK_K, EPT, REPS,
-                                   UNIT_K, DT)
+                                   VEC, UNIT_K, DT)
         log_s = tl.log(s)
         A1 = tl.zeros((), DT)
         EA = tl.zeros((), DT)
@@ -477,7 +557,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         if NEEDS2:
             A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, 0, K, y, m, log_s, h_ptr,
                                                ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, EPT,
-                                               UNIT_K, DT)
+                                               VEC, UNIT_K, DT)
         # read before the gradient loop, which may overwrite the logits (in place)
         zy, wy, scale = _row_label(w_ptr, den_ptr, z_ptr, z_ptr, h_ptr, row, base, y, valid, s_k,
                                    K, HAS_WEIGHT, MEAN, False, SOFTCAP, DT)
@@ -489,7 +569,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
             gbase = _row_base(row, D, g_n, g_d, VEC)
             _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, 0, K, y, zy, m, log_s, valid, scale,
                         c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
-                        EPT, UNIT_K, UNIT_GK, DT)
+                        EPT, VEC, UNIT_K, UNIT_GK, DT)
 
 
 # ---------------------------------------------------------------- split rows
@@ -523,7 +603,7 @@ def split_stats1_kernel(z_ptr, h_ptr, part_ptr, K, D, s_n, s_k, s_d, CHUNK,
     base = _row_base(row, D, s_n, s_d, VEC)
     lo = pid * CHUNK
     m, s, d, c = _chunk_stats1(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), h_ptr, SOFTCAP,
-                               BLOCK_K, EPT, REPS, UNIT_K, DT)
+                               BLOCK_K, EPT, REPS, VEC, UNIT_K, DT)
     ptr = part_ptr + (row * P + pid) * S1
     tl.store(ptr, m)
     tl.store(ptr + 1, s)
@@ -551,7 +631,7 @@ def split_stats2_kernel(z_ptr, t_ptr, h_ptr, part1_ptr, part2_ptr, K, D, s_n, s_
     lo = pid * CHUNK
     A1, EA, B1, EB, BC = _chunk_stats2(z_ptr, base, s_k, lo, tl.minimum(lo + CHUNK, K), y, m,
                                        log_s, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K, EPT,
-                                       UNIT_K, DT)
+                                       VEC, UNIT_K, DT)
     ptr = part2_ptr + (row * P + pid) * S2
     tl.store(ptr, A1)
     tl.store(ptr + 1, EA)
@@ -602,4 +682,4 @@ def split_finish_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, zy_ptr, part1_ptr, 
         _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, tl.minimum(lo + CHUNK, K), y, zy, m,
                     log_s, valid,
                     scale, c1, c2a, c2b, c3a, c3b, h_ptr, ACTIVE, PASSIVE, EXACT, SOFTCAP, BLOCK_K,
-                    EPT, UNIT_K, UNIT_GK, DT)
+                    EPT, VEC, UNIT_K, UNIT_GK, DT)

@@ -95,7 +95,7 @@ def test_backward_kernel_walks_its_blocks(per_row):
 def test_per_loss_elements_per_thread():
     """Each path takes the policy table's elements per thread for its loss
     (launch.ELEMS_PER_THREAD: NFL + RCE fewer on the streaming and split paths, plain CE
-    more in one block), the default for the others; a config that sets
+    and, on compact rows, ANL-CE more in one block), the default for the others; a config that sets
     elems_per_thread applies it to every loss and path."""
     from fused_anl.kernels import _codes as C
 
@@ -117,6 +117,19 @@ def test_per_loss_elements_per_thread():
     assert single.path == "single" and single.num_warps == 8192 // (32 * default)
     single_ce = launch.plan(16, 8192, cfg, loss=ce)
     assert single_ce.num_warps == 8192 // (32 * launch.ELEMS_PER_THREAD[("single", ce)])
+    # ANL-CE: more per thread only on compact rows (2-byte logits, unit column stride,
+    # no soft cap); float32, strided or capped rows keep the default
+    for path, k in (("single", 8192), ("blocks", 32768)):
+        compact = launch.ELEMS_PER_THREAD[(path, anl_ce, launch.COMPACT)]
+        assert compact > default
+        block = min(k, cfg.block_k) if path == "blocks" else k
+        assert launch.plan(16, k, cfg, loss=anl_ce, compact=True).num_warps == block // (
+            32 * compact)
+        assert launch.plan(16, k, cfg, loss=anl_ce).num_warps == block // (32 * default)
+    z = torch.empty(2, 100, 1, dtype=torch.bfloat16)
+    assert launch.compact_rows(z) and not launch.compact_rows(z, softcap=True)
+    assert not launch.compact_rows(z.float())
+    assert not launch.compact_rows(torch.empty(2, 100, 3, dtype=torch.bfloat16))  # D = 3
     with launch.config(elems_per_thread=4):  # a set value applies to every loss and path
         assert launch.plan(16384, 32768, loss=nfl_rce).num_warps == cfg.block_k // (32 * 4)
         assert launch.plan(16, 8192, loss=ce).num_warps == min(cfg.max_warps, 8192 // (32 * 4))

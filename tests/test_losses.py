@@ -235,19 +235,23 @@ def test_nnce_zero_gradient_below_p_min():
         assert zz.grad[1].abs().sum() > 0  # p_y above p_min: the gradient flows
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
 @pytest.mark.parametrize("inplace", [False, True])
 @pytest.mark.parametrize("name", ["ce", "anl_ce", "nce_rce", "nce_amse", "anl_fl"])
-def test_label_column_at_block_edges(name, inplace, kernel_path):
+def test_label_column_at_block_edges(name, inplace, dtype, kernel_path):
     """The gradient's label column is written after the others, from the label logit read
-    before them (kernels/row_loss.py ``_label_column``): labels on the first and last
-    column of a block, in the last, partial block, at both ends of the row; a row whose
-    label is the ignore_index, inside [0, K), has a zero gradient and no label column;
-    with ``inplace_backward`` the gradient overwrites the logits (the label logit must
-    have been read before)."""
+    before them (kernels/row_loss.py ``_label_grad``, ``_store_label``): labels on the
+    first and last column of a block, in the partial block, at both ends of the row; a
+    row whose label is the ignore_index, inside [0, K), has a zero gradient and no label
+    column; with ``inplace_backward`` the gradient overwrites the logits (the label
+    logit must have been read before). Blocks of 8 columns: float64 passes go
+    [0, 8), [8, 16), ... [32, 37); bf16 passes take the 37 % 8 = 5 leftover columns first
+    (``_first_block_end``): [0, 5), [5, 13), [13, 21), [21, 29), [29, 37)."""
     k, ignore = 37, 5
-    labels = [0, 7, 8, 15, 16, 31, 32, 36, ignore]
+    labels = [0, 4, 7, 8, 12, 13, 15, 16, 20, 21, 28, 29, 31, 32, 36, ignore]
     gen = torch.Generator().manual_seed(3)
-    z = (3 * torch.randn(len(labels), k, generator=gen, dtype=torch.float64)).to(DEVICE)
+    z = (3 * torch.randn(len(labels), k, generator=gen, dtype=torch.float64)).to(dtype)
+    z = z.to(DEVICE)
     t = torch.tensor(labels, device=DEVICE)
     if inplace:
         leaf = z.clone().requires_grad_(True)
