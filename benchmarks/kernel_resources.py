@@ -640,7 +640,9 @@ def roofline_md(res: dict) -> str:
   estimate, not a prediction.
 - SASS instructions per element: static counts from `nvdisasm -c`. Each innermost loop
   (a backward branch) is a pass; its body issues once per iteration, ceil(columns /
-  block) iterations; the rest of the kernel once per program; all times 32 x warps,
+  block) iterations, one fewer for 2-byte logits, whose passes take their first block
+  before the loop (straight-line code, in the rest); the rest of the kernel once per
+  program (per row); no latency or pipelining is modeled; all times 32 x warps,
   divided by the columns a program covers (K, or the chunk for split rows). Predicated
   code counts as issued. The single-block path: the whole kernel / K. A loop that only
   stores (the zero gradient of an ignored row, run instead of the gradient loop) is not
