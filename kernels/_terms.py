@@ -171,20 +171,6 @@ def softcap_grad(g, zc, h_ptr):
 
 
 @triton.jit
-def present_part(t, pf):
-    """``t`` where a class is present (``pf`` = 1), 0 where absent (``pf`` = 0, t = -inf),
-    for stats1's d: ``max(t, lowest finite) * pf``, a min and a multiply that the sum fuses
-    into a multiply-add, instead of a select and an add (the streaming statistics,
-    kernels/row_loss.py ``_stats1_step``; in the single block the select compiled
-    shorter). A present t is finite, so the max leaves it alone; a NaN t (a NaN row)
-    gives 0 as the select did."""
-    if t.dtype == tl.float64:
-        return tl.maximum(t, -1.7976931348623157e308) * pf
-    else:
-        return tl.maximum(t, -3.4028234663852886e38) * pf
-
-
-@triton.jit
 def stats1_block(z):
     """(max, sum exp(z - max), sum (z - max), #present) of one block, absent entries
     skipped, and the exponentials ``exp(z - max)`` it summed (0 where absent): a row held

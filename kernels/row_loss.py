@@ -29,7 +29,6 @@ from ._terms import (
     elementwise,
     epilogue,
     fast_exp,
-    present_part,
     probs,
     softcap,
     softcap_grad,
@@ -185,12 +184,13 @@ def _stats1_step(m, s, d, c, z):
     ms = tl.where(mn > NEG_INF, mn, 0.0)
     mo = tl.where(m > NEG_INF, m, ms)  # a lane with nothing yet: s = d = c = 0
     t = z - ms[None, :, None]
-    # present from t, not z: a float32 compare (FSET) instead of bf16 pair compares
-    # and their repacking; t is -inf exactly where z is (ms is finite)
-    pf = tl.where(t > NEG_INF, 1.0, 0.0)
+    # present from z, not from t: z - ms overflows to -inf for logits of opposite signs
+    # near the float32 limit (+-3e38), and whether it does would then depend on the order
+    # in which the lane saw them
+    present = z > NEG_INF
     s = s * fast_exp(mo - ms) + tl.sum(tl.sum(fast_exp(t), 2), 0)
-    d = d + c * (mo - ms) + tl.sum(tl.sum(present_part(t, pf), 2), 0)
-    c = c + tl.sum(tl.sum(pf, 2), 0)
+    d = d + c * (mo - ms) + tl.sum(tl.sum(tl.where(present, t, 0.0), 2), 0)
+    c = c + tl.sum(tl.sum(tl.where(present, 1.0, 0.0), 2), 0)
     return mn, s, d, c
 
 
