@@ -81,9 +81,9 @@ def config(**overrides):
 #   cap): 32 on every path. In one block (8 warps at 8192: 128 registers, the same
 #   occupancy 0.25 as 16 warps of 91 at 16 per thread) its six row reductions and the
 #   epilogue cost ~300 instructions per thread whatever it holds: 45.3 -> 33.9 per
-#   element at K = 8192. Streaming (4 warps per 4096-column block, 79 registers,
-#   occupancy 0.375), each pass's per-block work is shared by twice the elements:
-#   40.9 -> 37.3 at K = 32768. Float32 logits in one block (145 registers), 64-bit
+#   element at K = 8192. Streaming (4 warps per 4096-column block, 95 registers,
+#   occupancy 0.31), each pass's per-block work is shared by twice the elements:
+#   40.9 -> 37.3 at K = 32768 when measured (35.0 with the later changes). Float32 logits in one block (145 registers), 64-bit
 #   column offsets (227-255, spills on the split path) or the cap's tanh in one block
 #   (197) would halve the occupancy or spill: those rows keep the default.
 DEFAULT_ELEMS_PER_THREAD = 16
