@@ -79,6 +79,37 @@ LOG2E = tl.constexpr(1.4426950408889634)
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 
+# The constants vector (kernels/_codes.py ``H_*``, H_SIZE values; label smoothing's class
+# weights follow it) reaches the units as ``h = (h_ptr, (v_0, ..., v_{H_SIZE-1}))``, loaded
+# once by each kernel (``load_hyper``), not by the units: a constant loaded inside the
+# gradient's loop is loaded again every block (three instructions), since the compiler
+# cannot tell that the gradient's stores leave it alone. The compiler drops the loads of
+# the constants a loss does not read.
+
+
+@triton.jit
+def load_hyper(h_ptr, LOAD: tl.constexpr = True):
+    """``h`` of the constants vector at ``h_ptr``: its pointer and its H_SIZE values (none
+    when not LOAD: a kernel that reads no constant, whose ``h_ptr`` may point elsewhere)."""
+    vals = ()
+    if LOAD:
+        for i in tl.static_range(H_SIZE):
+            vals = vals + (tl.load(h_ptr + i),)
+    return h_ptr, vals
+
+
+@triton.jit
+def hyper(h, i: tl.constexpr):
+    """The constant ``H_*`` number ``i`` of ``h`` (``load_hyper``)."""
+    return h[1][i]
+
+
+@triton.jit
+def hyper_ptr(h):
+    """The pointer of ``h``'s constants vector (per-class data follows its H_SIZE values)."""
+    return h[0]
+
+
 @triton.jit
 def fast_log2(x):
     """log2(x), per element: MUFU.LG2 in float32 on the GPU (see INTERPRETED), exact in
@@ -140,7 +171,7 @@ def _focal_u(l, p, w, gamma, EXACT: tl.constexpr):
 
 
 @triton.jit
-def softcap(z, h_ptr):
+def softcap(z, h):
     """``cap * tanh(z / cap)`` (cap: the vector's H_SOFTCAP); ``-inf`` stays ``-inf`` (an
     absent class), ``+inf`` becomes NaN (its row is then NaN, as without a cap).
     ``tanh x = sign(x) (1 - e) / (1 + e)``, ``e = exp(-2|x|)``: exact to an absolute
@@ -149,7 +180,7 @@ def softcap(z, h_ptr):
     In float32 per element: ``z * (1/cap)``, ex2 and the GPU's approximate division
     (``1 + e`` is in [1, 2], where div.approx is within 2 ulp): a few ulps of tanh, the
     same ~eps * cap, at a fraction of the instructions of exp and an IEEE division."""
-    cap = tl.load(h_ptr + H_SOFTCAP)
+    cap = hyper(h, H_SOFTCAP)
     x = z * (1.0 / cap)
     if x.dtype == tl.float64:
         e = tl.exp(-2.0 * tl.abs(x))
@@ -163,10 +194,10 @@ def softcap(z, h_ptr):
 
 
 @triton.jit
-def softcap_grad(g, zc, h_ptr):
+def softcap_grad(g, zc, h):
     """The chain rule through the cap: ``g dz'/dz = g (1 - (z'/cap)^2)`` from the capped
     logit ``zc`` (0 on absent classes, whose g is 0; NaN stays NaN)."""
-    t = zc * (1.0 / tl.load(h_ptr + H_SOFTCAP))
+    t = zc * (1.0 / hyper(h, H_SOFTCAP))
     return g * tl.where(zc != NEG_INF, 1.0 - t * t, 0.0)
 
 
@@ -196,41 +227,41 @@ def stats1_block(z):
 
 
 # ----------------------------------------------------------------------------- the terms
-# Active units: ``<name>_elementwise(z, l, p, present, h_ptr, EXACT) -> (a1, ea)`` and
-# ``<name>_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT) -> (L, c1, c2, c3)``.
-# Passive units: ``<name>_elementwise(z, l, p, present, cols, y, h_ptr, EXACT) -> (b1, eb, bc)``
+# Active units: ``<name>_elementwise(z, l, p, present, h, EXACT) -> (a1, ea)`` and
+# ``<name>_epilogue(ly, py, c, S, A1, EA, h, EXACT) -> (L, c1, c2, c3)``.
+# Passive units: ``<name>_elementwise(z, l, p, present, cols, y, h, EXACT) -> (b1, eb, bc)``
 # (``ls`` also takes ``col0``, see ``elementwise``)
-# and ``<name>_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT) -> (L, c1, c2, c3)``.
+# and ``<name>_epilogue(ly, py, c, B1, EB, BC, h, EXACT) -> (L, c1, c2, c3)``.
 # ``l``/``p``: the row's log-probabilities and probabilities (p = 0 where absent),
 # ``S = sum_k l_k`` over present classes, ``c`` = #present; A1, EA, B1, EB, BC: row sums
 # of a1, ea, b1, eb, bc. The gradient is ``c1 [j == y] + c2 p_j + c3 e_j``.
 
 
 @triton.jit
-def ce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+def ce_epilogue(ly, py, c, S, A1, EA, h, EXACT: tl.constexpr):
     """CE ``-l_y``: c1 = -1, c2 = 1."""
     zero = tl.zeros_like(ly)  # not ly * 0.0: that is NaN where ly = -inf (CE = +inf is right)
     return -ly, zero - 1.0, zero + 1.0, zero
 
 
 @triton.jit
-def fl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+def fl_epilogue(ly, py, c, S, A1, EA, h, EXACT: tl.constexpr):
     """FL ``-w_y l_y``, ``w = (1-p)^g`` detached: c1 = -u_y, c2 = u_y, with ``u = w``
     (detached) or ``u = w + l p dw/dp = w - g l p w / (1 - p)`` (exact derivative)."""
-    gamma = tl.load(h_ptr + H_GAMMA)
+    gamma = hyper(h, H_GAMMA)
     w = _pow(1.0 - py, gamma)
     u = _focal_u(ly, py, w, gamma, EXACT)
     return -w * ly, -u, u, tl.zeros_like(ly)
 
 
 @triton.jit
-def nce_elementwise(z, l, p, present, h_ptr, EXACT: tl.constexpr):
+def nce_elementwise(z, l, p, present, h, EXACT: tl.constexpr):
     """NCE's e: 1 on present classes (S and c come from stats1: no stats2)."""
     return tl.zeros_like(z), tl.where(present, 1.0, 0.0).to(z.dtype)
 
 
 @triton.jit
-def nce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+def nce_epilogue(ly, py, c, S, A1, EA, h, EXACT: tl.constexpr):
     """NCE ``l_y / S``: c1 = 1/S, c2 = -1/S + l_y c / S^2, c3 = -l_y / S^2, e = present."""
     # ratios first: ly * c / S^2 overflows float32 for huge logits where (ly/S)(c/S) does not
     La = ly / S
@@ -238,19 +269,19 @@ def nce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
 
 
 @triton.jit
-def nfl_elementwise(z, l, p, present, h_ptr, EXACT: tl.constexpr):
+def nfl_elementwise(z, l, p, present, h, EXACT: tl.constexpr):
     """NFL's a1 = w l (summed to T) and e = u, on present classes."""
-    gamma = tl.load(h_ptr + H_GAMMA)
+    gamma = hyper(h, H_GAMMA)
     w = _focal_weight(p, gamma)
     return (tl.where(present, w * l, 0.0),
             tl.where(present, _focal_u(l, p, w, gamma, EXACT), 0.0))
 
 
 @triton.jit
-def nfl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
+def nfl_epilogue(ly, py, c, S, A1, EA, h, EXACT: tl.constexpr):
     """NFL ``w_y l_y / T``, ``T = sum_k w_k l_k`` (= A1): dT/dz_j = u_j - p_j U (U = EA), so
     c1 = u_y/T, c2 = -u_y/T + w_y l_y U / T^2, c3 = -w_y l_y / T^2, e = u (present)."""
-    gamma = tl.load(h_ptr + H_GAMMA)
+    gamma = hyper(h, H_GAMMA)
     wy = _pow(1.0 - py, gamma)
     uy = _focal_u(ly, py, wy, gamma, EXACT)
     La = (wy * ly) / A1
@@ -258,26 +289,26 @@ def nfl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT: tl.constexpr):
 
 
 @triton.jit
-def nnce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+def nnce_elementwise(z, l, p, present, cols, y, h, EXACT: tl.constexpr):
     """NNCE's b1 = v = A + max(l, log p_min) (0 where absent) and e = m = [l >= log p_min]."""
-    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-    b1 = tl.load(h_ptr + H_A_NNCE) + tl.maximum(l, log_pmin)
+    log_pmin = hyper(h, H_LOG_PMIN)
+    b1 = hyper(h, H_A_NNCE) + tl.maximum(l, log_pmin)
     return b1, tl.where(l >= log_pmin, 1.0, 0.0).to(z.dtype), tl.zeros_like(z)
 
 
 @triton.jit
-def nnce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def nnce_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """NNCE ``1 - v_y / V``, ``v = A + max(l, log p_min)``, ``m_k = [l_k >= log p_min]``
     (V = B1, M = EB): c1 = -m_y/V, c2 = m_y/V - v_y M / V^2, c3 = v_y / V^2, e = m."""
-    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-    vy = tl.load(h_ptr + H_A_NNCE) + tl.maximum(ly, log_pmin)
+    log_pmin = hyper(h, H_LOG_PMIN)
+    vy = hyper(h, H_A_NNCE) + tl.maximum(ly, log_pmin)
     my = tl.where(ly >= log_pmin, 1.0, 0.0)
     r = vy / B1
     return 1.0 - r, -my / B1, my / B1 - r * (EB / B1), r / B1
 
 
 @triton.jit
-def nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+def nnfl_elementwise(z, l, p, present, cols, y, h, EXACT: tl.constexpr):
     """NNFL's b1 = A' - FL_k and e = m u (both 0 where clamped or absent).
 
     Where a class is not clamped (``l >= log p_min``) its clamped ``l`` and ``p`` are the
@@ -286,28 +317,28 @@ def nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
     MUFU per element, and the exp of the clamped l, saved); where it is clamped both
     outputs are 0, whatever w is there.
     """
-    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-    gamma = tl.load(h_ptr + H_GAMMA)
+    log_pmin = hyper(h, H_LOG_PMIN)
+    gamma = hyper(h, H_GAMMA)
     w = _focal_weight(p, gamma)
     kept = l >= log_pmin
     # A' - FL_k >= 0, exactly 0 where clamped (computing it there would leave a
     # rounding residue of ~eps A' per clamped class).
-    b1 = tl.where(kept, tl.load(h_ptr + H_A_NNFL) + w * l, 0.0)
+    b1 = tl.where(kept, hyper(h, H_A_NNFL) + w * l, 0.0)
     eb = tl.where(kept, _focal_u(l, p, w, gamma, EXACT), 0.0)
     return b1, eb, tl.zeros_like(z)
 
 
 @triton.jit
-def nnfl_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def nnfl_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """NNFL ``1 - (A' - FL_y) / (c A' - sum FL)``, ``FL = -w(lc) lc``, ``lc = max(l, log p_min)``:
     with ``N = A' - FL_y``, ``D = c A' - sum FL`` (= B1), ``e = m u``, ``E = sum e`` (= EB):
     c1 = -m_y u_y / D, c2 = m_y u_y / D - N E / D^2, c3 = N / D^2.
     D is summed as ``sum_k (A' - FL_k)`` over present classes: every term is >= 0, so
     no cancellation (``K A' - sum FL`` loses ~eps K A' in float32 when many classes are
     clamped); absent classes have FL = A' and contribute 0 either way."""
-    log_pmin = tl.load(h_ptr + H_LOG_PMIN)
-    gamma = tl.load(h_ptr + H_GAMMA)
-    a_nnfl = tl.load(h_ptr + H_A_NNFL)
+    log_pmin = hyper(h, H_LOG_PMIN)
+    gamma = hyper(h, H_GAMMA)
+    a_nnfl = hyper(h, H_A_NNFL)
     lcy = tl.maximum(ly, log_pmin)
     wy = _pow(1.0 - tl.exp(lcy), gamma)
     uy = tl.where(ly >= log_pmin, _focal_u(ly, py, wy, gamma, EXACT), 0.0)
@@ -316,16 +347,16 @@ def nnfl_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
 
 
 @triton.jit
-def mae_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def mae_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """MAE ``1 - p_y`` (``L = f(p_y)``: c1 = f'(p_y) p_y, c2 = -c1)."""
     return 1.0 - py, -py, py, tl.zeros_like(ly)
 
 
 @triton.jit
-def rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+def rce_elementwise(z, l, p, present, cols, y, h, EXACT: tl.constexpr):
     """RCE's b1 = max(p, 1e-7) on present k != y, e = p [k != y][p >= 1e-7], and bc, the
     complement of e (p where e is 0), so that 1 - Q = sum(bc) is exact."""
-    floor = tl.load(h_ptr + H_P_FLOOR)
+    floor = hyper(h, H_P_FLOOR)
     other = present & (cols != y)
     b1 = tl.where(other, tl.maximum(p, floor), 0.0)
     in_q = other & (p >= floor)
@@ -333,56 +364,56 @@ def rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
 
 
 @triton.jit
-def rce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def rce_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``: with ``Q = sum e`` (= EB):
     c2 = -A4 Q, c3 = A4. The gradient of a class in Q is A4 p_j (1 - Q); when Q is near 1
     (a confident wrong class) we take Q = 1 - BC, the sum of the other p's, which float32
     resolves: no cancellation in 1 - Q."""
-    rce_a = tl.load(h_ptr + H_RCE_A)
+    rce_a = hyper(h, H_RCE_A)
     zero = tl.zeros_like(ly)
     return rce_a * B1, zero, -rce_a * tl.where(EB > 0.5, 1.0 - BC, EB), zero + rce_a
 
 
 @triton.jit
-def gce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def gce_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """GCE ``(1 - max(p_y, 1e-7)^q) / q``: c1 = -p_y^q, c2 = -c1 (the clamp zeroes both
     where p_y < 1e-7)."""
-    q = tl.load(h_ptr + H_Q)
-    floor = tl.load(h_ptr + H_P_FLOOR)
+    q = hyper(h, H_Q)
+    floor = hyper(h, H_P_FLOOR)
     pq = _pow(tl.maximum(py, floor), q)
     k1 = tl.where(py >= floor, -pq, 0.0)
     return (1.0 - pq) / q, k1, -k1, tl.zeros_like(ly)
 
 
 @triton.jit
-def agce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def agce_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """AGCE ``((a+1)^q - (a+p_y)^q) / q``: c1 = -(a+p_y)^(q-1) p_y, c2 = -c1."""
-    q = tl.load(h_ptr + H_Q)
-    a = tl.load(h_ptr + H_A)
+    q = hyper(h, H_Q)
+    a = hyper(h, H_A)
     k1 = -_pow(a + py, q - 1.0) * py
-    return (tl.load(h_ptr + H_C_PASS) - _pow(a + py, q)) / q, k1, -k1, tl.zeros_like(ly)
+    return (hyper(h, H_C_PASS) - _pow(a + py, q)) / q, k1, -k1, tl.zeros_like(ly)
 
 
 @triton.jit
-def aul_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def aul_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """AUL ``((a-p_y)^q - (a-1)^q) / q``: c1 = -(a-p_y)^(q-1) p_y, c2 = -c1."""
-    q = tl.load(h_ptr + H_Q)
-    a = tl.load(h_ptr + H_A)
+    q = hyper(h, H_Q)
+    a = hyper(h, H_A)
     k1 = -_pow(a - py, q - 1.0) * py
-    return (_pow(a - py, q) - tl.load(h_ptr + H_C_PASS)) / q, k1, -k1, tl.zeros_like(ly)
+    return (_pow(a - py, q) - hyper(h, H_C_PASS)) / q, k1, -k1, tl.zeros_like(ly)
 
 
 @triton.jit
-def ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def ael_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """AEL ``exp(-p_y / a)``: c1 = -L p_y / a, c2 = -c1."""
-    a = tl.load(h_ptr + H_A)
+    a = hyper(h, H_A)
     Lb = tl.exp(-py / a)
     k1 = -Lb / a * py
     return Lb, k1, -k1, tl.zeros_like(ly)
 
 
 @triton.jit
-def amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
+def amse_elementwise(z, l, p, present, cols, y, h, EXACT: tl.constexpr):
     """AMSE's b1 = e = p^2 and bc = p, both on present k != y (so B1 = EB = Q2, the other
     classes' sum of squares, and BC = 1 - p_y, resolved where p_y is near 1)."""
     other = present & (cols != y)
@@ -391,7 +422,7 @@ def amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr):
 
 
 @triton.jit
-def amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def amse_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """AMSE ``(1/K) sum_k (p_k - a [k == y])^2 = ((a - p_y)^2 + Q2) / K`` over the K = c
     present classes, ``Q2 = sum_{k != y} p_k^2`` (= B1): a sum of squares, no cancellation.
     With ``D = a - p_y``, ``dL/dz_j = (2/K)(p_j^2 - p_j sum_k p_k^2 - a p_y [j == y]
@@ -401,30 +432,30 @@ def amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
     ~eps |D| 2/K: for a = 1 and p_y near 1 that is small, where ``e = p^2`` at y too would
     leave ~eps (a + 1) 2/K.) ``D`` is ``(a - 1) + BC`` where p_y > 1/2 (``1 - p_y`` as the
     sum of the other p's), else ``a - p_y``."""
-    a = tl.load(h_ptr + H_A)
+    a = hyper(h, H_A)
     D = tl.where(py > 0.5, (a - 1.0) + BC, a - py)
     r = 2.0 / c
     return (D * D + B1) / c, -r * py * D, r * (py * D - B1), tl.zeros_like(ly) + r
 
 
 @triton.jit
-def ls_elementwise(z, l, p, present, cols, y, h_ptr, EXACT: tl.constexpr, col0):
+def ls_elementwise(z, l, p, present, cols, y, h, EXACT: tl.constexpr, col0):
     """Label smoothing's b1 = w l, e = w (present classes) and bc = w [k == y], with w the
     class weights (read after the constants vector when H_LS_WEIGHTED is 1) or 1: so
     B1 = sum w_k l_k, EB = W = sum w_k and BC = w_y. ``col0``: the block's first column
     (``cols`` are relative to it, see ``elementwise``)."""
     w = tl.where(present, 1.0, 0.0).to(z.dtype)
-    if tl.load(h_ptr + H_LS_WEIGHTED) != 0:
-        w = tl.load(h_ptr + H_SIZE + col0 + cols, mask=present, other=0.0).to(z.dtype)
+    if hyper(h, H_LS_WEIGHTED) != 0:
+        w = tl.load(hyper_ptr(h) + H_SIZE + col0 + cols, mask=present, other=0.0).to(z.dtype)
     return tl.where(present, w * l, 0.0), w, tl.where(cols == y, w, 0.0)
 
 
 @triton.jit
-def ls_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT: tl.constexpr):
+def ls_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
     """CE with label smoothing eps, as ``F.cross_entropy``: ``-(1 - eps) w_y l_y - (eps/K)
     sum_k w_k l_k`` over the K = c present classes. With ``dl_k/dz_j = [k == j] - p_j``:
     c1 = -(1 - eps) w_y, c2 = (1 - eps) w_y + (eps/K) W, c3 = -eps/K, e = w."""
-    eps = tl.load(h_ptr + H_LS)
+    eps = hyper(h, H_LS)
     r = eps / c
     k1 = -(1.0 - eps) * BC
     return k1 * ly - r * B1, k1, -k1 + r * EB, tl.zeros_like(ly) - r
@@ -446,16 +477,28 @@ def z_loss_weight(BC, PASSIVE: tl.constexpr):
 @triton.jit
 def probs(z, m, log_s):
     """The row's log-probabilities ``l`` and probabilities ``p`` at the logits ``z`` of one
-    block, from the row's max ``m`` and ``log s`` (stats1): ``(z - m) - log s``, not
+    block, from the row's max ``m`` and ``log s`` (stats1): ``l = (z - m) - log s``, not
     ``z - lse``: exact for the max entry, and no absolute error of eps * |lse| for exp() to
     amplify (it matters for logits of large magnitude). An absent class (-inf) has
-    ``l = -inf`` and ``p = 0`` without a mask; a NaN row (s NaN) NaN everywhere."""
-    l = (z - m) - log_s
-    return l, fast_exp(l)
+    ``l = -inf`` and ``p = 0`` without a mask; a NaN row (s NaN) NaN everywhere.
+
+    In float32 ``p = exp2(fma(z - m, log2 e, -log2 s))`` from the same ``z - m``: one
+    rounding of the exponent, as ``exp2(l log2 e)`` has two, and per element a subtract,
+    an FFMA and the MUFU where that is a subtract, a subtract, a multiply and the MUFU
+    (the compiler drops ``l`` where a loss reads only ``p``). ``log2 s`` is ``log s``
+    times log2 e, rounded once per row: an error of eps log2 s in every exponent, as
+    ``log s``'s own rounding is in ``l``."""
+    t = z - m
+    l = t - log_s
+    if z.dtype == tl.float64:
+        p = tl.exp(l)
+    else:
+        p = tl.math.exp2(tl.fma(t, LOG2E, -(log_s * LOG2E)))
+    return l, p
 
 
 @triton.jit
-def elementwise(z, l, p, cols, y, col0, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
+def elementwise(z, l, p, cols, y, col0, h, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr,
                 EXACT: tl.constexpr):
     """Per-element (a1, ea, b1, eb, bc): what stats2 sums, what the gradient weights, at the
     logits ``z`` of one block, their ``l`` and ``p`` (``probs``, or from stats1's
@@ -473,72 +516,72 @@ def elementwise(z, l, p, cols, y, col0, h_ptr, ACTIVE: tl.constexpr, PASSIVE: tl
     a1 = zero
     ea = zero
     if ACTIVE == A_NCE:
-        a1, ea = nce_elementwise(z, l, p, present, h_ptr, EXACT)
+        a1, ea = nce_elementwise(z, l, p, present, h, EXACT)
     if ACTIVE == A_NFL:
-        a1, ea = nfl_elementwise(z, l, p, present, h_ptr, EXACT)
+        a1, ea = nfl_elementwise(z, l, p, present, h, EXACT)
     b1 = zero
     eb = zero
     bc = zero
     if PASSIVE == P_NNCE:
-        b1, eb, bc = nnce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
+        b1, eb, bc = nnce_elementwise(z, l, p, present, cols, y, h, EXACT)
     if PASSIVE == P_NNFL:
-        b1, eb, bc = nnfl_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
+        b1, eb, bc = nnfl_elementwise(z, l, p, present, cols, y, h, EXACT)
     if PASSIVE == P_RCE:
-        b1, eb, bc = rce_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
+        b1, eb, bc = rce_elementwise(z, l, p, present, cols, y, h, EXACT)
     if PASSIVE == P_AMSE:
-        b1, eb, bc = amse_elementwise(z, l, p, present, cols, y, h_ptr, EXACT)
+        b1, eb, bc = amse_elementwise(z, l, p, present, cols, y, h, EXACT)
     if PASSIVE == P_LS:
-        b1, eb, bc = ls_elementwise(z, l, p, present, cols, y, h_ptr, EXACT, col0)
+        b1, eb, bc = ls_elementwise(z, l, p, present, cols, y, h, EXACT, col0)
     return a1, ea, b1, eb, bc
 
 
 @triton.jit
-def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
+def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h, ACTIVE: tl.constexpr,
              PASSIVE: tl.constexpr, EXACT: tl.constexpr, Z_LOSS: tl.constexpr = False):
     """Per-row loss, gradient coefficients (c1, c2a, c2b, c3a, c3b) and log s from the row sums."""
     log_s = tl.log(s)
     ly = (zy - m) - log_s
     py = tl.exp(ly)
     S = d - c * log_s  # NCE's normalizer sum_k l_k
-    alpha = tl.load(h_ptr + H_ALPHA)
-    beta = tl.load(h_ptr + H_BETA)
+    alpha = hyper(h, H_ALPHA)
+    beta = hyper(h, H_BETA)
     zero = tl.zeros_like(ly)
     La = zero
     k1a = zero
     k2a = zero
     k3a = zero
     if ACTIVE == A_CE:
-        La, k1a, k2a, k3a = ce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
+        La, k1a, k2a, k3a = ce_epilogue(ly, py, c, S, A1, EA, h, EXACT)
     if ACTIVE == A_FL:
-        La, k1a, k2a, k3a = fl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
+        La, k1a, k2a, k3a = fl_epilogue(ly, py, c, S, A1, EA, h, EXACT)
     if ACTIVE == A_NCE:
-        La, k1a, k2a, k3a = nce_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
+        La, k1a, k2a, k3a = nce_epilogue(ly, py, c, S, A1, EA, h, EXACT)
     if ACTIVE == A_NFL:
-        La, k1a, k2a, k3a = nfl_epilogue(ly, py, c, S, A1, EA, h_ptr, EXACT)
+        La, k1a, k2a, k3a = nfl_epilogue(ly, py, c, S, A1, EA, h, EXACT)
     Lb = zero
     k1b = zero
     k2b = zero
     k3b = zero
     if PASSIVE == P_NNCE:
-        Lb, k1b, k2b, k3b = nnce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = nnce_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_NNFL:
-        Lb, k1b, k2b, k3b = nnfl_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = nnfl_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_MAE:
-        Lb, k1b, k2b, k3b = mae_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = mae_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_RCE:
-        Lb, k1b, k2b, k3b = rce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = rce_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_GCE:
-        Lb, k1b, k2b, k3b = gce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = gce_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_AGCE:
-        Lb, k1b, k2b, k3b = agce_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = agce_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_AUL:
-        Lb, k1b, k2b, k3b = aul_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = aul_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_AEL:
-        Lb, k1b, k2b, k3b = ael_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = ael_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_AMSE:
-        Lb, k1b, k2b, k3b = amse_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = amse_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     if PASSIVE == P_LS:
-        Lb, k1b, k2b, k3b = ls_epilogue(ly, py, c, B1, EB, BC, h_ptr, EXACT)
+        Lb, k1b, k2b, k3b = ls_epilogue(ly, py, c, B1, EB, BC, h, EXACT)
     # 0, or NaN in a NaN row (s is NaN there, see stats1_block): added to every output,
     # since clamps (tl.maximum drops a NaN) and constant coefficients would not carry it.
     nan_row = log_s * 0.0
@@ -549,7 +592,7 @@ def epilogue(m, s, d, c, A1, EA, B1, EB, BC, zy, h_ptr, ACTIVE: tl.constexpr,
     # the z-loss gets it too): d/dz_j = 2 zl lse p_j, a p-coefficient. A loss without it
     # computes nothing (a compile-time flag: a runtime branch here made ptxas spill).
     if Z_LOSS:
-        zl = tl.load(h_ptr + H_Z_LOSS)
+        zl = hyper(h, H_Z_LOSS)
         lse = m + log_s
         zs = zl * z_loss_weight(BC, PASSIVE)
         L += zs * lse * lse
