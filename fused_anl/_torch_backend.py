@@ -84,6 +84,10 @@ def _epilogue(ly, c, S, A1, EA, B1, EB, BC, h, active, passive, exact, lse=None)
     unit = _U.PASSIVE[passive][1]
     if unit is not None:
         Lb, k1b, k2b, k3b = unit(ly, py, c, B1, EB, BC, h, exact)
+        if _C.PASSIVE_TERMS[passive].p_select:
+            # its c3 is p's coefficient on its set (kernels/_codes.py p_select); this
+            # backend's e is p there, weighted by the difference of the two
+            k3b = k3b - k2b
     al, be = h["alpha"], h["beta"]
     L, c2a = al * La + be * Lb, al * k2a
     zl = h["z_loss"]

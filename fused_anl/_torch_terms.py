@@ -166,8 +166,10 @@ def rce_elementwise(L, P, present, ys, in_range, h, exact, need_sums):
 
 
 def rce_epilogue(ly, py, c, B1, EB, BC, h, exact):
-    zero = torch.zeros_like(ly)
-    return C.RCE_A * B1, zero, -C.RCE_A * torch.where(EB > 0.5, 1.0 - BC, EB), zero + C.RCE_A
+    # a p_select term: c2 = -A4 Q off Q, c3 = A4 (1 - Q) on it (1 - Q = BC where Q is near 1)
+    near1 = EB > 0.5
+    return (C.RCE_A * B1, torch.zeros_like(ly), -C.RCE_A * torch.where(near1, 1.0 - BC, EB),
+            C.RCE_A * torch.where(near1, BC, 1.0 - EB))
 
 
 def gce_epilogue(ly, py, c, B1, EB, BC, h, exact):

@@ -81,10 +81,17 @@ class Term:
     - ``stats2``: its row sums need the final lse, i.e. a second reduction over the row.
     - ``per_element``: it has an elementwise gradient factor ``e_j`` (a ``<name>_elem``
       unit); without one the term depends on ``p_y`` (and stats1) alone.
-    - ``separate_p``: its gradient's p part and e part may nearly cancel (RCE: its e is
-      p itself on the classes in Q, ``A4 p_j (1 - Q)`` on a confident wrong class), so
-      they are added together before the other term's parts; a pair of per-element
-      terms without it shares one p-coefficient (kernels/row_loss.py ``_grad_coefs``).
+    - ``separate_p``: its gradient's p part and e part may nearly cancel (AMSE, label
+      smoothing), so they are added together before the other term's parts; a pair of
+      per-element terms without it shares one p-coefficient (kernels/row_loss.py
+      ``_grad_coefs``).
+    - ``p_select``: its e is p itself on a set of classes and 0 elsewhere (RCE: p on the
+      classes in Q), so its gradient is ``p_j`` times one of two coefficients: its
+      epilogue's c2 off the set and, as its c3, the coefficient on the set (RCE:
+      ``c2 + c3 = A4 (1 - Q)`` of the generic form, computed from the classes off the
+      set where Q is near 1, which ``-A4 Q + A4`` would lose to cancellation). The
+      kernels write such a term's part of the gradient as ``p_j`` times a select (one
+      multiply, no cancellation); only a passive term may be one.
     - ``focal``: it has a focal weight (``detach_focal_weight`` applies).
     - ``check``: ``h -> error message or None`` on the resolved hyperparameters.
     - ``constants``: ``h -> {slot: value}``, derived constants in double precision.
@@ -98,6 +105,7 @@ class Term:
     stats2: bool = False
     per_element: bool = False
     separate_p: bool = False
+    p_select: bool = False
     focal: bool = False
     check: Optional[Callable[[dict], Optional[str]]] = None
     constants: Callable[[dict], dict] = field(default=lambda h: {})
@@ -158,7 +166,8 @@ TERMS: Tuple[Term, ...] = tuple([
        constants=_nnfl_constants),
     _T(P_MAE, "mae", "passive", "1 - p_y"),
     _T(P_RCE, "rce", "passive", "-log(1e-4) sum_{k!=y} clamp(p_k, 1e-7, 1)", stats2=True,
-       per_element=True, separate_p=True, constants=lambda h: {H_RCE_A: RCE_A, H_P_FLOOR: P_FLOOR}),
+       per_element=True, p_select=True,
+       constants=lambda h: {H_RCE_A: RCE_A, H_P_FLOOR: P_FLOOR}),
     _T(P_GCE, "gce", "passive", "(1 - clamp(p_y, 1e-7, 1)^q) / q", ("q",), check=_q_ok,
        constants=lambda h: {H_P_FLOOR: P_FLOOR}),
     _T(P_AGCE, "agce", "passive", "((a+1)^q - (a+p_y)^q) / q", ("q", "a"),
@@ -195,6 +204,13 @@ def one_p_coefficient(active: int, passive: int) -> bool:
     (``separate_p``): the gradient is ``(c2a + c2b) p_j + c3a ea_j + c3b eb_j``."""
     a, p = terms_of(active, passive)
     return (a.per_element and p.per_element and not a.separate_p and not p.separate_p)
+
+
+def selects_p(active: int, passive: int) -> bool:
+    """The passive term's gradient is ``p_j`` times a select of two coefficients
+    (``p_select``; no active term is one)."""
+    assert not ACTIVE_TERMS[active].p_select, "only a passive term may be p_select"
+    return PASSIVE_TERMS[passive].p_select
 
 
 def needs_stats2(active: int, passive: int) -> bool:

@@ -354,24 +354,28 @@ def mae_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
 
 @triton.jit
 def rce_elementwise(z, l, p, present, cols, y, h, EXACT: tl.constexpr):
-    """RCE's b1 = max(p, 1e-7) on present k != y, e = p [k != y][p >= 1e-7], and bc, the
-    complement of e (p where e is 0), so that 1 - Q = sum(bc) is exact."""
+    """RCE's b1 = max(p, 1e-7) on present k != y; e = [k != y][p >= 1e-7], the indicator
+    of Q's classes (a ``p_select`` term: stats2 sums ``p e``, Q itself, and the gradient
+    selects its coefficient by it); and bc,
+    p off Q, so that 1 - Q = sum(bc) is exact."""
     floor = hyper(h, H_P_FLOOR)
     other = present & (cols != y)
     b1 = tl.where(other, tl.maximum(p, floor), 0.0)
     in_q = other & (p >= floor)
-    return b1, tl.where(in_q, p, 0.0), tl.where(in_q, 0.0, p)
+    return b1, tl.where(in_q, 1.0, 0.0).to(z.dtype), tl.where(in_q, 0.0, p)
 
 
 @triton.jit
 def rce_epilogue(ly, py, c, B1, EB, BC, h, EXACT: tl.constexpr):
-    """RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``: with ``Q = sum e`` (= EB):
-    c2 = -A4 Q, c3 = A4. The gradient of a class in Q is A4 p_j (1 - Q); when Q is near 1
-    (a confident wrong class) we take Q = 1 - BC, the sum of the other p's, which float32
-    resolves: no cancellation in 1 - Q."""
+    """RCE ``A4 sum_{k != y, present} max(p_k, 1e-7)``, with ``Q = sum e`` (= EB): its
+    gradient is ``A4 p_j (1 - Q)`` on the classes in Q and ``-A4 Q p_j`` elsewhere (a
+    ``p_select`` term, kernels/_codes.py): c2 = -A4 Q, c3 = A4 (1 - Q). When Q is near 1
+    (a confident wrong class), ``1 - Q`` is BC, the sum of the other p's, which float32
+    resolves (no cancellation), and Q is ``1 - BC``."""
     rce_a = hyper(h, H_RCE_A)
-    zero = tl.zeros_like(ly)
-    return rce_a * B1, zero, -rce_a * tl.where(EB > 0.5, 1.0 - BC, EB), zero + rce_a
+    near1 = EB > 0.5
+    return (rce_a * B1, tl.zeros_like(ly), -rce_a * tl.where(near1, 1.0 - BC, EB),
+            rce_a * tl.where(near1, BC, 1.0 - EB))
 
 
 @triton.jit

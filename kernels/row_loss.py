@@ -244,7 +244,8 @@ def _stats2_step(A1, EA, B1, EB, BC, z, cols, y, start, width, m, log_s, h,
     l, p = probs(z, m, log_s)
     a1, ea, b1, eb, bc = elementwise(z, l, p, cols, _block_label(y, start, width), start,
                                      h, ACTIVE, PASSIVE, EXACT)
-    return (A1 + tl.sum(a1, 1), EA + tl.sum(ea, 1), B1 + tl.sum(b1, 1), EB + tl.sum(eb, 1),
+    return (A1 + tl.sum(a1, 1), EA + tl.sum(ea, 1), B1 + tl.sum(b1, 1),
+            EB + tl.sum(_eb_summand(eb, p, ACTIVE, PASSIVE), 1),
             BC + tl.sum(bc, 1))
 
 
@@ -279,43 +280,70 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h, ACTIVE: tl.constexpr
     return tl.sum(A1, 0), tl.sum(EA, 0), tl.sum(B1, 0), tl.sum(EB, 0), tl.sum(BC, 0)
 
 
-# (HAS_EA, HAS_EB, ONE_P) of every (active, passive) pair, from the table (kernels/_codes.py):
-# whether the active / passive term has an elementwise weight e (a term that depends on
-# p_y alone has none), and whether the two share one p-coefficient (``one_p_coefficient``)
-_E_PARTS = tl.constexpr({(a, p): C.has_elementwise(a, p) + (C.one_p_coefficient(a, p),)
+# (HAS_EA, HAS_EB, ONE_P, SELECT_B) of every (active, passive) pair, from the table
+# (kernels/_codes.py): whether the active / passive term has an elementwise weight e (a
+# term that depends on p_y alone has none), whether the two share one p-coefficient
+# (``one_p_coefficient``), and whether the passive term's part is p times a select
+# (``selects_p``)
+_E_PARTS = tl.constexpr({(a, p): C.has_elementwise(a, p) + (C.one_p_coefficient(a, p),
+                                                            C.selects_p(a, p))
                          for a in C.ACTIVE_TERMS for p in C.PASSIVE_TERMS})
 
 
 @triton.constexpr_function
 def _e_parts(active, passive):
-    """(HAS_EA, HAS_EB, ONE_P) of a loss (``_E_PARTS``), at compile time."""
+    """(HAS_EA, HAS_EB, ONE_P, SELECT_B) of a loss (``_E_PARTS``), at compile time."""
     return _E_PARTS.value[(active, passive)]
 
 
 @triton.jit
-def _grad_coefs(c2a, c2b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
-    """The gradient's p-coefficients: a term without an elementwise weight e (see
-    ``_grad_combine``) has its p-coefficient folded into the other's, and so does a pair
-    of terms without cancellation inside either (``_e_parts`` ONE_P: c2a holds both)."""
+def _eb_summand(eb, p, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
+    """What stats2 sums into EB: eb, or p where eb is 1 if the passive term is ``p_select``
+    (its e is its set's indicator, EB the set's p mass)."""
+    if _e_parts(ACTIVE, PASSIVE)[3]:
+        return tl.where(eb != 0, p, 0.0)  # not p * eb: p * 0 is not 0 to the compiler
+    else:
+        return eb
+
+
+@triton.jit
+def _grad_coefs(c2a, c2b, c3b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
+    """The gradient's coefficients as ``_grad_combine`` uses them: a term without an
+    elementwise weight e has its p-coefficient folded into the other's, and so does a
+    pair of terms without cancellation inside either (``_e_parts`` ONE_P: c2a holds
+    both). SELECT_B (the passive term's e is p on a set, kernels/_codes.py
+    ``p_select``): the active term's p-coefficient goes into both of the passive
+    term's, c2b (off the set) and c3b (on it)."""
     HAS_EA: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[0]
     HAS_EB: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[1]
     ONE_P: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[2]
-    if not HAS_EA:
+    SELECT_B: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[3]
+    if SELECT_B:
+        c3b = c3b + c2a
+        c2b = c2b + c2a
+    elif not HAS_EA:
         c2b = c2b + c2a
     elif (not HAS_EB) or ONE_P:
         c2a = c2a + c2b
-    return c2a, c2b
+    return c2a, c2b, c3b
 
 
 @triton.jit
 def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
                   ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, SOFTCAP: tl.constexpr,
-                  LABEL_COLUMN: tl.constexpr = True):
+                  LABEL_COLUMN: tl.constexpr = True, HELD: tl.constexpr = False):
     """The gradient ``c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)`` times the
-    row's scale, with the p-coefficients of ``_grad_coefs``. The p- and e-parts of a
-    term are added first, so that a term whose parts nearly cancel (RCE on a confident
-    wrong class) does so before the other term is added (ONE_P: one p part, then both e
-    parts).
+    row's scale, with the coefficients of ``_grad_coefs``. The p- and e-parts of a
+    term are added first, so that a term whose parts nearly cancel (``separate_p``)
+    does so before the other term is added (ONE_P: one p part, then both e parts).
+    SELECT_B: the passive part is ``p_j (c3b if eb_j else c2b)`` (eb: its set's
+    indicator, kernels/_codes.py ``p_select``), both coefficients holding the active
+    term's p part: one select and one FFMA per element, no cancellation. HELD (the
+    single path, whose row stays in registers across its reductions): the same value as
+    ``(p_j on the set) c3b + (p_j off it) c2b`` (one of the two is 0; RCE's stats2 sums
+    both anyway): held as floats, where the select's mask would be held as predicates,
+    which ptxas then spills to registers and restores (NCE+RCE at K = 8192: 936
+    instructions per thread instead of 794, sm_90).
 
     LABEL_COLUMN (the label's column, ``_label_grad``): c1 is added, and the scale
     multiplies the sum last, so that ``c1 + c2 p_y``, which cancels to about ``1 - p_y``
@@ -333,11 +361,21 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
     HAS_EA: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[0]
     HAS_EB: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[1]
     ONE_P: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[2]
+    SELECT_B: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[3]
     if LABEL_COLUMN:
         g = tl.where(cols == y, c1, 0.0)
     else:
         g = tl.full(p.shape, -0.0, p.dtype)  # -0 + x is x: the compiler drops the add
-    if ONE_P:
+    if SELECT_B:
+        if HELD:
+            gb = tl.where(eb != 0, p, 0.0) * c3b + tl.where(eb != 0, 0.0, p) * c2b
+        else:
+            gb = p * tl.where(eb != 0, c3b, c2b)
+        if HAS_EA:
+            g += c3a * ea + gb
+        else:
+            g += gb
+    elif ONE_P:
         g += c2a * p + c3a * ea + c3b * eb
     elif HAS_EA:
         g += c2a * p + c3a * ea
@@ -431,7 +469,7 @@ def _chunk_grad(z_ptr, g_ptr, base, gbase, s_k, g_k, lo, hi, y, zy, m, log_s, va
     """
     cols = _tile(BLOCK_K, EPT)
     if valid:
-        c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
+        c2a, c2b, c3b = _grad_coefs(c2a, c2b, c3b, ACTIVE, PASSIVE)
         gy = _label_grad(zy, m, log_s, y, scale, c1, c2a, c2b, c3a, c3b, h, ACTIVE, PASSIVE,
                          EXACT, SOFTCAP, DT)
         c2a, c2b, c3a, c3b = _scaled_coefs(scale, c2a, c2b, c3a, c3b)
@@ -527,18 +565,20 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
         p = e * (1.0 / s)
         a1, ea, b1, eb, bc = elementwise(z, l, p, cols, yb, 0, h, ACTIVE, PASSIVE, EXACT)
         L, c1, c2a, c2b, c3a, c3b, log_s = epilogue(m, s, d, c, tl.sum(a1, 0), tl.sum(ea, 0),
-                                            tl.sum(b1, 0), tl.sum(eb, 0), tl.sum(bc, 0), zy, h,
+                                            tl.sum(b1, 0),
+                                            tl.sum(_eb_summand(eb, p, ACTIVE, PASSIVE), 0),
+                                            tl.sum(bc, 0), zy, h,
                                             ACTIVE, PASSIVE, EXACT, Z_LOSS)
         _store_row(loss_ptr, lse_ptr, row, L, wy, m, log_s, valid, STORE_LSE)
         if COMPUTE_GRAD:
-            c2a, c2b = _grad_coefs(c2a, c2b, ACTIVE, PASSIVE)
+            c2a, c2b, c3b = _grad_coefs(c2a, c2b, c3b, ACTIVE, PASSIVE)
             # the label's column is written on its own after the others (_label_grad,
             # _store_label): no label compare per element
             gy = _label_grad(zy, m, log_s, y, scale, c1, c2a, c2b, c3a, c3b, h, ACTIVE,
                              PASSIVE, EXACT, SOFTCAP, DT)
             c2a, c2b, c3a, c3b = _scaled_coefs(scale, c2a, c2b, c3a, c3b)
             g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
-                              ACTIVE, PASSIVE, SOFTCAP, False)
+                              ACTIVE, PASSIVE, SOFTCAP, False, True)
             # exactly 0 on an ignored row, whatever its logits: two stores with disjoint
             # masks (a select per element was applied to the converted gradient, its
             # halves unpacked and packed again: ~2.5 instructions per element)

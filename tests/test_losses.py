@@ -7,7 +7,7 @@ from fused_anl import _torch_backend
 from fused_anl.kernels import launch
 
 from conftest import DEVICE, PATHS, PERSISTENT
-from helpers import assert_close_to_reference, edge_case_batch, loss_and_grad
+from helpers import assert_close_to_reference, edge_case_batch, loss_and_grad, reference_f64
 
 ALL = sorted(fused_anl.LOSSES)
 FOCAL = [n for n in ALL if fused_anl.LOSSES[n].focal]
@@ -285,3 +285,29 @@ def test_streaming_with_several_tile_rows_per_thread(name, dtype):
         assert pl.path == "stream" and launch._lane_reps(z.reshape(6, k, 1), pl) > 1
         v, g = loss_and_grad(getattr(fused_anl, name), z, t, backend="triton", reduction="none")
     assert_close_to_reference(name, z, t, value=v, grad=g, reduction="none")
+
+
+@pytest.mark.parametrize("name", ["rce", "nfl_rce"])
+def test_rce_gradient_on_a_confident_wrong_class(name, kernel_path):
+    """RCE's gradient is ``A4 p_j (1 - Q)`` on Q's classes: on a row that puts nearly all
+    its mass on a wrong class j, ``1 - Q`` is ~1e-5 and the kernels take it from the sum
+    of the other p's (kernels/_terms.py ``rce_epilogue``) and write ``p_j`` times that
+    coefficient (a ``p_select`` term, kernels/row_loss.py ``_grad_combine``). Written as
+    ``c2 p_j + c3 e_j`` (``-A4 Q p_j + A4 p_j``) it cancels to a relative error of about
+    2^-24 / (1 - Q) in float32 (the kernels of that form: 0.29 for ``rce`` and 0.009
+    for ``nfl_rce`` on these rows). Every element of such rows, the confident class
+    included, within 2e-5 of the float64 reference, relative to itself."""
+    k = 37
+    gen = torch.Generator().manual_seed(5)
+    z = torch.randn(4, k, generator=gen, dtype=torch.float64)
+    t = torch.tensor([3, 0, 36, 17])
+    wrong = torch.tensor([20, 36, 0, 18])
+    z[torch.arange(4), wrong] = z.max(1).values + torch.tensor([11.0, 12.0, 13.0, 14.0])
+    z = z.float().to(DEVICE)
+    t = t.to(DEVICE)
+    v, g = loss_and_grad(getattr(fused_anl, name), z, t, backend="triton", reduction="none")
+    _, ref = reference_f64(name, z, t, reduction="none")
+    q_gap = torch.softmax(z.double(), 1)[torch.arange(4), t.to(z.device)]
+    assert torch.all(q_gap < 1e-4)  # 1 - Q: the label's p (every other p is over 1e-7)
+    err = (g.double() - ref).abs()
+    assert torch.all(err <= 2e-5 * ref.abs()), (err / ref.abs()).max()

@@ -145,29 +145,35 @@ def test_validation_from_table(name, kw, msg):
 
 def test_kernel_lists_of_elementwise_terms_match_table():
     """kernels/row_loss.py takes which terms have an elementwise factor (``HAS_EA`` /
-    ``HAS_EB``) and which pairs share one p-coefficient (``ONE_P``) from the table
-    (``_E_PARTS``, built from ``per_element`` and ``separate_p``), and spells out no list of
-    term codes of its own: a term left out of such a list would lose its ``c3 e_j`` part of
-    the gradient (``_grad_combine`` skips ``c3 * e`` for the others), and one wrongly
-    sharing a p-coefficient would add RCE's nearly cancelling parts after another term's."""
+    ``HAS_EB``), which pairs share one p-coefficient (``ONE_P``) and whose passive part is
+    p times a select (``SELECT_B``) from the table (``_E_PARTS``, built from
+    ``per_element``, ``separate_p`` and ``p_select``), and spells out no list of term
+    codes of its own: a term left out of such a list would lose its ``c3 e_j`` part of
+    the gradient (``_grad_combine`` skips ``c3 * e`` for the others), one wrongly sharing
+    a p-coefficient would add AMSE's nearly cancelling parts after another term's, and
+    RCE not taken as a select would weight its set's indicator (its e in the kernels)
+    as if it were p."""
     from pathlib import Path
     from fused_anl.kernels import row_loss
     parts = row_loss._E_PARTS.value
     assert len(parts) == len(C.ACTIVE_TERMS) * len(C.PASSIVE_TERMS)
-    for (a, p), (ea, eb, one_p) in parts.items():
+    for (a, p), (ea, eb, one_p, select_b) in parts.items():
         at, pt = C.ACTIVE_TERMS[a], C.PASSIVE_TERMS[p]
         assert (ea, eb) == (at.per_element, pt.per_element), (at.name, pt.name)
         assert one_p == (ea and eb and not at.separate_p and not pt.separate_p), (at.name, pt.name)
-    assert parts[(C.A_NCE, C.P_NNCE)][2] and not parts[(C.A_NCE, C.P_RCE)][2]
+        assert select_b == pt.p_select and not at.p_select, (at.name, pt.name)
+    assert parts[(C.A_NCE, C.P_NNCE)][2] and not parts[(C.A_NCE, C.P_AMSE)][2]
+    assert parts[(C.A_NCE, C.P_RCE)][3] and not parts[(C.A_NCE, C.P_NNCE)][3]
     src = (Path(_terms.__file__).parent / "row_loss.py").read_text()
     found = 0
     for node in ast.walk(ast.parse(src)):
         if isinstance(node, (ast.Assign, ast.AnnAssign)):
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for tgt in targets:
-                if isinstance(tgt, ast.Name) and tgt.id in ("HAS_EA", "HAS_EB", "ONE_P"):
+                if isinstance(tgt, ast.Name) and tgt.id in ("HAS_EA", "HAS_EB", "ONE_P",
+                                                            "SELECT_B"):
                     codes = [n.id for n in ast.walk(node.value)
                              if isinstance(n, ast.Name) and n.id[:2] in ("A_", "P_")]
                     assert not codes, (tgt.id, codes)
                     found += 1
-    assert found >= 3, found  # the check saw the assignments
+    assert found >= 4, found  # the check saw the assignments
