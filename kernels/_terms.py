@@ -234,7 +234,9 @@ def stats1_block(z):
 # and ``<name>_epilogue(ly, py, c, B1, EB, BC, h, EXACT) -> (L, c1, c2, c3)``.
 # ``l``/``p``: the row's log-probabilities and probabilities (p = 0 where absent),
 # ``S = sum_k l_k`` over present classes, ``c`` = #present; A1, EA, B1, EB, BC: row sums
-# of a1, ea, b1, eb, bc. The gradient is ``c1 [j == y] + c2 p_j + c3 e_j``.
+# of a1, ea, b1, eb, bc. The gradient is ``c1 [j == y] + c2 p_j + c3 e_j``; a ``p_select``
+# term (kernels/_codes.py; RCE) returns its set's indicator as e, and its c3 is the
+# coefficient of p_j on the set (kernels/row_loss.py ``_grad_combine``).
 
 
 @triton.jit
