@@ -81,10 +81,11 @@ INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
 
 # The constants vector (kernels/_codes.py ``H_*``, H_SIZE values; label smoothing's class
 # weights follow it) reaches the units as ``h = (h_ptr, (v_0, ..., v_{H_SIZE-1}))``, loaded
-# once by each kernel (``load_hyper``), not by the units: a constant loaded inside the
-# gradient's loop is loaded again every block (three instructions), since the compiler
-# cannot tell that the gradient's stores leave it alone. The compiler drops the loads of
-# the constants a loss does not read.
+# once per row (per program in the split kernels: ``load_hyper``), not by the units: a
+# constant loaded inside the gradient's loop is loaded again every block (three
+# instructions), since the compiler cannot tell that the gradient's stores leave it
+# alone. The compiler drops the loads of the constants a loss does not read. A unit reads
+# a constant with ``hyper(h, H_...)``.
 
 
 @triton.jit
