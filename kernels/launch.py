@@ -46,6 +46,11 @@ class LaunchConfig:
 
 _config = LaunchConfig()
 
+# Compiler options of every launch. FMA contraction on: the kernels' arithmetic is
+# written for it (``c3 e + p k`` and the like are meant to be one FFMA), and it is
+# Triton 3.9's default only until 3.10 turns it off.
+COMPILE = dict(enable_fp_fusion=True)
+
 
 def get_config() -> LaunchConfig:
     return _config
@@ -308,7 +313,7 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
             **_outputs(loss, grad, lse_out), ROWS=rows,
             COMPUTE_GRAD=compute_grad, SINGLE=pl.path == "single",
             NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block, PERSISTENT=pl.grid > 0,
-            REPS=_lane_reps(z3, pl), num_warps=pl.num_warps, **loss_args)
+            REPS=_lane_reps(z3, pl), num_warps=pl.num_warps, **COMPILE, **loss_args)
         return loss, grad
     part1 = _stats1_partials(z3, pl, hyper, softcap=bool(softcap))
     part2 = _stats2_partials(z3, target, hyper, part1, pl, active=active, passive=passive,
@@ -368,7 +373,7 @@ def _stats1_partials(z3, pl, hyper=None, softcap=False):
         **_logits(z3), h_ptr=hyper if hyper is not None else part, part_ptr=part,
         CHUNK=pl.chunk, SOFTCAP=softcap, BLOCK_K=pl.block, DT=_dt(z3), VEC=row_vec(z3),
         EPT=_columns(z3, None, pl.block)["EPT"], REPS=_lane_reps(z3, pl),
-        UNIT_K=z3.stride(1) == 1, num_warps=pl.num_warps)
+        UNIT_K=z3.stride(1) == 1, num_warps=pl.num_warps, **COMPILE)
     return part
 
 
@@ -383,7 +388,7 @@ def _stats2_partials(z3, target, hyper, parts1, pl, *, active, passive, exact, s
         ACTIVE=active, PASSIVE=passive, EXACT=exact, BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(parts1.shape[1]), DT=_dt(z3), VEC=row_vec(z3),
         EPT=_columns(z3, None, pl.block)["EPT"], UNIT_K=z3.stride(1) == 1,
-        num_warps=pl.num_warps)
+        num_warps=pl.num_warps, **COMPILE)
     return part2
 
 
@@ -400,7 +405,8 @@ def _finish(z3, target, weight, den, hyper, zy, parts1, parts2, loss, grad, pl, 
         NEEDS2=needs_stats2(ACTIVE, PASSIVE), BLOCK_K=pl.block,
         P_BLOCK=triton.next_power_of_2(max(parts1.shape[1], parts2.shape[1])),
         ACTIVE=ACTIVE, PASSIVE=PASSIVE, EXACT=EXACT, SOFTCAP=SOFTCAP, Z_LOSS=Z_LOSS, DT=DT,
-        VEC=VEC, EPT=EPT, UNIT_K=UNIT_K, UNIT_GK=UNIT_GK, num_warps=pl.num_warps)
+        VEC=VEC, EPT=EPT, UNIT_K=UNIT_K, UNIT_GK=UNIT_GK, num_warps=pl.num_warps,
+        **COMPILE)
 
 
 # ------------------------------------------------ class-parallel shards (no communication here)
@@ -471,7 +477,7 @@ def scale_(grad, grad_output):
     with _on_device(grad):
         scale_kernel[(grid,)](
             grad, grad_output, numel, k * d, d, PER_ROW=grad_output.numel() != 1, BLOCK=block,
-            DT=_dt(grad), num_warps=8)
+            DT=_dt(grad), num_warps=8, **COMPILE)
     return grad
 
 
