@@ -577,7 +577,8 @@ def roofline_md(res: dict) -> str:
     head = (f"# Static roofline, {res['arch']} ({res['date']}, triton {res['triton']})\n\n"
             f"**Estimates, not measurements**: compiled for sm_90 without a GPU; the times "
             f"below are a model for an {dev['name']}, no kernel ran. Command: "
-            f"`python -m benchmarks.kernel_resources --roofline`.\n\nLaunchConfig: "
+            f"`{res.get('command', 'python -m benchmarks.kernel_resources --roofline')}`."
+            f"\n\nLaunchConfig: "
             f"{res['config']}\n\n")
     t = ("## Summary (bf16 logits, forward+backward, `loss.backward()` i.e. grad_output == 1)"
          "\n\n| loss | N | K | path | regs | spill B | occupancy | SASS instr/elem | "
@@ -681,6 +682,8 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.roofline:
         res = roofline(a.arch, tuple(LOSSES) if a.all_losses else ROOFLINE_LOSSES)
+        res["command"] = ("python -m benchmarks.kernel_resources --roofline"
+                          + (" --all-losses" if a.all_losses else ""))
         out = a.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                     f"static-sm{a.arch}-{datetime.date.today()}")
         os.makedirs(out, exist_ok=True)

@@ -91,9 +91,9 @@ def config(**overrides):
 #   40.9 -> 37.3 at K = 32768 when measured (35.0 with the later changes). Float32 logits in one block (145 registers), 64-bit
 #   column offsets (227-255, spills on the split path) or the cap's tanh in one block
 #   (197) would halve the occupancy or spill: those rows keep the default.
-# - SCE (CE + RCE) streaming on COMPACT rows: 32 (4 warps, 106 registers, occupancy
-#   0.25, 34.6 instructions per element at K = 32768); at 16 ptxas held it at 80
-#   registers and spilled 4 bytes once RCE's gradient became a select (36.5).
+# - RCE and SCE (CE + RCE) streaming on COMPACT rows: 32 (4 warps, 106 registers,
+#   occupancy 0.25, 34.6 instructions per element at K = 32768); at 16 ptxas held them
+#   at 80 registers and spilled 4 bytes once RCE's gradient became a select (36.5).
 DEFAULT_ELEMS_PER_THREAD = 16
 COMPACT = "compact"  # an entry's third key: only for 2-byte, unit-stride, uncapped logits
 ELEMS_PER_THREAD = {
@@ -101,6 +101,7 @@ ELEMS_PER_THREAD = {
     ("single", (C.A_NCE, C.P_NNCE), COMPACT): 32,
     ("blocks", (C.A_NCE, C.P_NNCE), COMPACT): 32,
     ("blocks", (C.A_CE, C.P_RCE), COMPACT): 32,
+    ("blocks", (C.A_NONE, C.P_RCE), COMPACT): 32,
     ("blocks", (C.A_NFL, C.P_RCE)): 8,
     ("blocks", (C.A_NFL, C.P_AMSE)): 8,
 }
