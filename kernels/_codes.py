@@ -92,6 +92,9 @@ class Term:
       set where Q is near 1, which ``-A4 Q + A4`` would lose to cancellation). The
       kernels write such a term's part of the gradient as ``p_j`` times a select (one
       multiply, no cancellation); only a passive term may be one.
+    - ``e_present``: its e is 1 on present classes and 0 on absent ones (NCE): the
+      single-block path recomputes it from the logits for the gradient instead of
+      holding it across the row's reductions (kernels/row_loss.py ``_grad_combine``).
     - ``focal``: it has a focal weight (``detach_focal_weight`` applies).
     - ``check``: ``h -> error message or None`` on the resolved hyperparameters.
     - ``constants``: ``h -> {slot: value}``, derived constants in double precision.
@@ -106,6 +109,7 @@ class Term:
     per_element: bool = False
     separate_p: bool = False
     p_select: bool = False
+    e_present: bool = False
     focal: bool = False
     check: Optional[Callable[[dict], Optional[str]]] = None
     constants: Callable[[dict], dict] = field(default=lambda h: {})
@@ -155,7 +159,7 @@ TERMS: Tuple[Term, ...] = tuple([
     _T(A_NONE, "none", "active", "no active term"),
     _T(A_CE, "ce", "active", "-log p_y"),
     _T(A_FL, "fl", "active", "-(1 - p_y)^gamma log p_y", ("gamma",), focal=True, check=_gamma_ok),
-    _T(A_NCE, "nce", "active", "log p_y / sum_k log p_k", per_element=True),
+    _T(A_NCE, "nce", "active", "log p_y / sum_k log p_k", per_element=True, e_present=True),
     _T(A_NFL, "nfl", "active", "w_y log p_y / sum_k w_k log p_k, w = (1 - p)^gamma", ("gamma",),
        stats2=True, per_element=True, focal=True, check=_gamma_ok),
     _T(P_NONE, "none", "passive", "no passive term"),
@@ -204,6 +208,13 @@ def one_p_coefficient(active: int, passive: int) -> bool:
     (``separate_p``): the gradient is ``(c2a + c2b) p_j + c3a ea_j + c3b eb_j``."""
     a, p = terms_of(active, passive)
     return (a.per_element and p.per_element and not a.separate_p and not p.separate_p)
+
+
+def e_is_present(active: int, passive: int) -> bool:
+    """The active term's e is the present-class indicator (``e_present``; no passive term
+    is one)."""
+    assert not PASSIVE_TERMS[passive].e_present, "only an active term may be e_present"
+    return ACTIVE_TERMS[active].e_present
 
 
 def selects_p(active: int, passive: int) -> bool:

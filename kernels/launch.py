@@ -91,6 +91,7 @@ def config(**overrides):
 #   40.9 -> 37.3 at K = 32768 when measured (35.0 with the later changes). Float32 logits in one block (145 registers), 64-bit
 #   column offsets (227-255, spills on the split path) or the cap's tanh in one block
 #   (197) would halve the occupancy or spill: those rows keep the default.
+# - NCE + RCE in one block on COMPACT rows: 32, under a register cap (REGISTER_CAP).
 # - RCE and SCE (CE + RCE) streaming on COMPACT rows: 32 (4 warps, 106 registers,
 #   occupancy 0.25, 34.6 instructions per element at K = 32768); at 16 ptxas held them
 #   at 80 registers and spilled 4 bytes once RCE's gradient became a select (36.5).
@@ -99,12 +100,35 @@ COMPACT = "compact"  # an entry's third key: only for 2-byte, unit-stride, uncap
 ELEMS_PER_THREAD = {
     ("single", (C.A_CE, C.P_NONE)): 32,
     ("single", (C.A_NCE, C.P_NNCE), COMPACT): 32,
+    ("single", (C.A_NCE, C.P_RCE), COMPACT): 32,
     ("blocks", (C.A_NCE, C.P_NNCE), COMPACT): 32,
     ("blocks", (C.A_CE, C.P_RCE), COMPACT): 32,
     ("blocks", (C.A_NONE, C.P_RCE), COMPACT): 32,
     ("blocks", (C.A_NFL, C.P_RCE)): 8,
     ("blocks", (C.A_NFL, C.P_AMSE)): 8,
 }
+
+
+# Register caps (ptxas ``maxnreg``) of policy entries, keyed as ELEMS_PER_THREAD. Under a
+# cap the single-block kernel also recomputes what is cheap to recompute instead of
+# holding it across the row's reductions (kernels/row_loss.py ``_grad_combine`` LEAN).
+# - NCE + RCE in one block on COMPACT rows: 32 elements per thread (8 warps at 8192)
+#   under a cap of 128 registers: 42.0 SASS instructions per element at K = 8192, no
+#   spill, occupancy 0.25 (sm_90; 16 per thread: 49.6 at 85 registers; 32 uncapped:
+#   149 registers, occupancy 0.125; capped without LEAN: 4 bytes spilled).
+REGISTER_CAP = {
+    ("single", (C.A_NCE, C.P_RCE), COMPACT): 128,
+}
+
+
+def register_cap(path: str, loss=None, cfg: LaunchConfig | None = None, *,
+                 compact: bool = False) -> int:
+    """The register cap of ``path`` and ``loss`` (``REGISTER_CAP``), 0 for none; none when
+    the config sets its own elements per thread (the cap belongs to the table's)."""
+    cfg = cfg or _config
+    if cfg.elems_per_thread or not compact:
+        return 0
+    return REGISTER_CAP.get((path, loss, COMPACT), 0)
 
 
 def compact_rows(z3, softcap: bool = False) -> bool:
@@ -176,7 +200,8 @@ def _on_device(t):
 @dataclass(frozen=True)
 class Plan:
     """How row_loss runs rows of K classes: the path, its block, warps and, for split
-    rows, the columns per program and the number of chunks."""
+    rows, the columns per program and the number of chunks; a register cap where the
+    policy sets one."""
 
     path: str  # "single" | "stream" | "split"
     block: int
@@ -184,6 +209,7 @@ class Plan:
     chunk: int = 0
     chunks: int = 1
     grid: int = 0  # streaming with a persistent grid: its number of programs (0: one per row)
+    max_registers: int = 0  # a register cap for ptxas (REGISTER_CAP; 0: none)
 
 
 def _cuda_index(device):
@@ -264,7 +290,8 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
     if k <= cfg.max_single_k:
         block = triton.next_power_of_2(k)
         ept1 = elems_per_thread("single", loss, cfg, compact=compact)
-        return Plan("single", block, _warps(block, cfg, ept1))
+        return Plan("single", block, _warps(block, cfg, ept1),
+                    max_registers=register_cap("single", loss, cfg, compact=compact))
     if rows <= cfg.split_max_rows and k > cfg.split_chunk and not inplace:
         chunk = max(cfg.split_chunk, triton.cdiv(k, cfg.max_chunks))
         chunk = triton.cdiv(chunk, cfg.block_k) * cfg.block_k
@@ -314,7 +341,8 @@ def row_loss(z3, target, weight, hyper, den, *, active, passive, exact, ignore_i
             **_outputs(loss, grad, lse_out), ROWS=rows,
             COMPUTE_GRAD=compute_grad, SINGLE=pl.path == "single",
             NEEDS2=needs_stats2(active, passive), BLOCK_K=pl.block, PERSISTENT=pl.grid > 0,
-            REPS=_lane_reps(z3, pl), num_warps=pl.num_warps, **COMPILE, **loss_args)
+            REPS=_lane_reps(z3, pl), num_warps=pl.num_warps, **COMPILE, **loss_args,
+            **_register_cap(pl))
         return loss, grad
     part1 = _stats1_partials(z3, pl, hyper, softcap=bool(softcap))
     part2 = _stats2_partials(z3, target, hyper, part1, pl, active=active, passive=passive,
@@ -348,6 +376,12 @@ def _outputs(loss, grad, lse=None):
     g_n, g_k, g_d = grad.stride() if grad is not None else (0, 0, 0)
     return dict(loss_ptr=loss, g_ptr=grad if grad is not None else loss, g_n=g_n, g_k=g_k,
                 g_d=g_d, lse_ptr=lse if lse is not None else loss, STORE_LSE=lse is not None)
+
+
+def _register_cap(pl) -> dict:
+    """The launch arguments of a plan's register cap: ``maxnreg`` and the kernels' LEAN
+    (kernels/row_loss.py ``_grad_combine``)."""
+    return dict(maxnreg=pl.max_registers, LEAN=True) if pl.max_registers else {}
 
 
 def _columns(z3, grad, block):

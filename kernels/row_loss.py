@@ -280,19 +280,22 @@ def _chunk_stats2(z_ptr, base, s_k, lo, hi, y, m, log_s, h, ACTIVE: tl.constexpr
     return tl.sum(A1, 0), tl.sum(EA, 0), tl.sum(B1, 0), tl.sum(EB, 0), tl.sum(BC, 0)
 
 
-# (HAS_EA, HAS_EB, ONE_P, SELECT_B) of every (active, passive) pair, from the table
+# (HAS_EA, HAS_EB, ONE_P, SELECT_B, PRESENT_A) of every (active, passive) pair, from the table
 # (kernels/_codes.py): whether the active / passive term has an elementwise weight e (a
 # term that depends on p_y alone has none), whether the two share one p-coefficient
-# (``one_p_coefficient``), and whether the passive term's part is p times a select
-# (``selects_p``)
+# (``one_p_coefficient``), whether the passive term's part is p times a select
+# (``selects_p``), and whether the active term's e is the present-class indicator
+# (``e_is_present``)
 _E_PARTS = tl.constexpr({(a, p): C.has_elementwise(a, p) + (C.one_p_coefficient(a, p),
-                                                            C.selects_p(a, p))
+                                                            C.selects_p(a, p),
+                                                            C.e_is_present(a, p))
                          for a in C.ACTIVE_TERMS for p in C.PASSIVE_TERMS})
 
 
 @triton.constexpr_function
 def _e_parts(active, passive):
-    """(HAS_EA, HAS_EB, ONE_P, SELECT_B) of a loss (``_E_PARTS``), at compile time."""
+    """(HAS_EA, HAS_EB, ONE_P, SELECT_B, PRESENT_A) of a loss (``_E_PARTS``), at compile
+    time."""
     return _E_PARTS.value[(active, passive)]
 
 
@@ -331,7 +334,8 @@ def _grad_coefs(c2a, c2b, c3b, ACTIVE: tl.constexpr, PASSIVE: tl.constexpr):
 @triton.jit
 def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
                   ACTIVE: tl.constexpr, PASSIVE: tl.constexpr, SOFTCAP: tl.constexpr,
-                  LABEL_COLUMN: tl.constexpr = True, HELD: tl.constexpr = False):
+                  LABEL_COLUMN: tl.constexpr = True, HELD: tl.constexpr = False,
+                  LEAN: tl.constexpr = False):
     """The gradient ``c1 [j == y] + (c2a p_j + c3a ea_j) + (c2b p_j + c3b eb_j)`` times the
     row's scale, with the coefficients of ``_grad_coefs``. The p- and e-parts of a
     term are added first, so that a term whose parts nearly cancel (``separate_p``)
@@ -343,7 +347,14 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
     ``(p_j on the set) c3b + (p_j off it) c2b`` (one of the two is 0; RCE's stats2 sums
     both anyway): held as floats, where the select's mask would be held as predicates,
     which ptxas then spills to registers and restores (NCE+RCE at K = 8192: 936
-    instructions per thread instead of 794, sm_90).
+    instructions per thread instead of 794, sm_90). LEAN (with HELD: the launch policy
+    caps the registers, kernels/launch.py ``REGISTER_CAP``): an active term's
+    present-class indicator (``e_present``, NCE) is taken from the logits again, as
+    ``z != -inf``, not held: stats1's ``z > -inf`` would be the same value to the
+    compiler, which would hold its predicates across the reductions and ptxas spill
+    them to registers (a NaN logit makes the row NaN either way). NCE+RCE in one block
+    of 8 warps: 1462 -> 1345 instructions per thread at the cap of 128 registers. Not
+    by default: with 16 warps the held float is cheaper (NCE+RCE 794 -> 841).
 
     LABEL_COLUMN (the label's column, ``_label_grad``): c1 is added, and the scale
     multiplies the sum last, so that ``c1 + c2 p_y``, which cancels to about ``1 - p_y``
@@ -362,23 +373,28 @@ def _grad_combine(cols, y, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
     HAS_EB: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[1]
     ONE_P: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[2]
     SELECT_B: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[3]
+    PRESENT_A: tl.constexpr = _e_parts(ACTIVE, PASSIVE)[4]
     if LABEL_COLUMN:
         g = tl.where(cols == y, c1, 0.0)
     else:
         g = tl.full(p.shape, -0.0, p.dtype)  # -0 + x is x: the compiler drops the add
+    if HELD and LEAN and PRESENT_A:
+        ga = tl.where(z != NEG_INF, c3a, 0.0)
+    else:
+        ga = c3a * ea
     if SELECT_B:
         if HELD:
             gb = tl.where(eb != 0, p, 0.0) * c3b + tl.where(eb != 0, 0.0, p) * c2b
         else:
             gb = p * tl.where(eb != 0, c3b, c2b)
         if HAS_EA:
-            g += c3a * ea + gb
+            g += ga + gb
         else:
             g += gb
     elif ONE_P:
-        g += c2a * p + c3a * ea + c3b * eb
+        g += c2a * p + ga + c3b * eb
     elif HAS_EA:
-        g += c2a * p + c3a * ea
+        g += c2a * p + ga
         if HAS_EB:
             g += c2b * p + c3b * eb
     elif HAS_EB:
@@ -502,7 +518,7 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
                     PERSISTENT: tl.constexpr, SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr,
                     Z_LOSS: tl.constexpr, VEC: tl.constexpr, EPT: tl.constexpr,
                     REPS: tl.constexpr, UNIT_K: tl.constexpr, UNIT_GK: tl.constexpr,
-                    DT: tl.constexpr):
+                    DT: tl.constexpr, LEAN: tl.constexpr = False):
     """Single-block or streaming path: one program per row, or, PERSISTENT, a grid of
     fewer programs that take rows ``pid, pid + grid, ...``: that bounds the rows being
     streamed at once, hence the bytes the streaming path's re-reads need to find in L2
@@ -517,12 +533,12 @@ def row_loss_kernel(z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_pt
             _one_row(row + i * grid, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr,
                      lse_ptr, K, D, s_n, s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE,
                      EXACT, HAS_WEIGHT, MEAN, COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP,
-                     STORE_LSE, Z_LOSS, VEC, EPT, REPS, UNIT_K, UNIT_GK, DT)
+                     STORE_LSE, Z_LOSS, VEC, EPT, REPS, UNIT_K, UNIT_GK, DT, LEAN)
     else:
         _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr, K, D, s_n,
                  s_k, s_d, g_n, g_k, g_d, ignore_index, ACTIVE, PASSIVE, EXACT, HAS_WEIGHT, MEAN,
                  COMPUTE_GRAD, SINGLE, NEEDS2, BLOCK_K, SOFTCAP, STORE_LSE, Z_LOSS, VEC, EPT,
-                 REPS, UNIT_K, UNIT_GK, DT)
+                 REPS, UNIT_K, UNIT_GK, DT, LEAN)
 
 
 @triton.jit
@@ -542,7 +558,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
              SINGLE: tl.constexpr, NEEDS2: tl.constexpr, BLOCK_K: tl.constexpr,
              SOFTCAP: tl.constexpr, STORE_LSE: tl.constexpr, Z_LOSS: tl.constexpr,
              VEC: tl.constexpr, EPT: tl.constexpr, REPS: tl.constexpr, UNIT_K: tl.constexpr,
-             UNIT_GK: tl.constexpr, DT: tl.constexpr):
+             UNIT_GK: tl.constexpr, DT: tl.constexpr, LEAN: tl.constexpr):
     """Loss and gradient of one row (K already passed through _aligned). The constants
     are loaded once per row (``load_hyper``): once per program, they would hold registers
     across the persistent loop (sm_90: ANL-CE streaming 95 -> 123, occupancy 0.31 -> 0.25)."""
@@ -578,7 +594,7 @@ def _one_row(row, z_ptr, t_ptr, w_ptr, h_ptr, den_ptr, loss_ptr, g_ptr, lse_ptr,
                              PASSIVE, EXACT, SOFTCAP, DT)
             c2a, c2b, c3a, c3b = _scaled_coefs(scale, c2a, c2b, c3a, c3b)
             g = _grad_combine(cols, yb, p, ea, eb, scale, c1, c2a, c2b, c3a, c3b, z, h,
-                              ACTIVE, PASSIVE, SOFTCAP, False, True)
+                              ACTIVE, PASSIVE, SOFTCAP, False, True, LEAN)
             # exactly 0 on an ignored row, whatever its logits: two stores with disjoint
             # masks (a select per element was applied to the converted gradient, its
             # halves unpacked and packed again: ~2.5 instructions per element)

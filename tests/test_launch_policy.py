@@ -133,3 +133,45 @@ def test_per_loss_elements_per_thread():
     with launch.config(elems_per_thread=4):  # a set value applies to every loss and path
         assert launch.plan(16384, 32768, loss=nfl_rce).num_warps == cfg.block_k // (32 * 4)
         assert launch.plan(16, 8192, loss=ce).num_warps == min(cfg.max_warps, 8192 // (32 * 4))
+
+
+def test_register_cap_of_the_policy():
+    """A policy entry's register cap (launch.REGISTER_CAP: NCE + RCE in one block on
+    compact rows) reaches the plan, and the launch as ``maxnreg`` with the kernels' LEAN
+    flag; no other loss or path has one, nor an entry when the config sets its own
+    elements per thread. (The interpreter ignores ``maxnreg``; LEAN's arithmetic runs in
+    every bf16 NCE+RCE single-block test, tests/test_losses.py.)"""
+    from fused_anl.kernels import _codes as C
+
+    nce_rce, anl_ce = (C.A_NCE, C.P_RCE), (C.A_NCE, C.P_NNCE)
+    cap = launch.REGISTER_CAP[("single", nce_rce, launch.COMPACT)]
+    single = launch.plan(16, 8192, loss=nce_rce, compact=True)
+    assert single.path == "single" and single.max_registers == cap
+    assert single.num_warps == 8192 // (32 * launch.ELEMS_PER_THREAD[
+        ("single", nce_rce, launch.COMPACT)])
+    assert launch._register_cap(single) == dict(maxnreg=cap, LEAN=True)
+    assert launch.plan(16, 8192, loss=nce_rce).max_registers == 0  # float32 / strided rows
+    assert launch.plan(16, 8192, loss=anl_ce, compact=True).max_registers == 0
+    assert launch.plan(16384, 32768, loss=nce_rce, compact=True).max_registers == 0
+    assert launch._register_cap(launch.plan(16, 8192, loss=anl_ce)) == {}
+    with launch.config(elems_per_thread=16):
+        assert launch.plan(16, 8192, loss=nce_rce, compact=True).max_registers == 0
+
+    seen = {}
+    real = launch.row_loss_kernel
+
+    class Spy:
+        def __getitem__(self, grid):
+            def run(*args, **kwargs):
+                seen.update(kwargs)
+                return real[grid](*args, **kwargs)
+            return run
+
+    z = torch.randn(3, 37, dtype=torch.bfloat16, device=DEVICE)
+    t = torch.tensor([0, 36, 5], device=DEVICE)
+    launch.row_loss_kernel = Spy()
+    try:
+        fused_anl.nce_rce(z, t, backend="triton")
+    finally:
+        launch.row_loss_kernel = real
+    assert seen["maxnreg"] == cap and seen["LEAN"] is True

@@ -145,9 +145,10 @@ def test_validation_from_table(name, kw, msg):
 
 def test_kernel_lists_of_elementwise_terms_match_table():
     """kernels/row_loss.py takes which terms have an elementwise factor (``HAS_EA`` /
-    ``HAS_EB``), which pairs share one p-coefficient (``ONE_P``) and whose passive part is
-    p times a select (``SELECT_B``) from the table (``_E_PARTS``, built from
-    ``per_element``, ``separate_p`` and ``p_select``), and spells out no list of term
+    ``HAS_EB``), which pairs share one p-coefficient (``ONE_P``), whose passive part is
+    p times a select (``SELECT_B``) and whose active e is the present-class indicator
+    (``PRESENT_A``) from the table (``_E_PARTS``, built from ``per_element``,
+    ``separate_p``, ``p_select`` and ``e_present``), and spells out no list of term
     codes of its own: a term left out of such a list would lose its ``c3 e_j`` part of
     the gradient (``_grad_combine`` skips ``c3 * e`` for the others), one wrongly sharing
     a p-coefficient would add AMSE's nearly cancelling parts after another term's, and
@@ -157,11 +158,13 @@ def test_kernel_lists_of_elementwise_terms_match_table():
     from fused_anl.kernels import row_loss
     parts = row_loss._E_PARTS.value
     assert len(parts) == len(C.ACTIVE_TERMS) * len(C.PASSIVE_TERMS)
-    for (a, p), (ea, eb, one_p, select_b) in parts.items():
+    for (a, p), (ea, eb, one_p, select_b, present_a) in parts.items():
         at, pt = C.ACTIVE_TERMS[a], C.PASSIVE_TERMS[p]
         assert (ea, eb) == (at.per_element, pt.per_element), (at.name, pt.name)
         assert one_p == (ea and eb and not at.separate_p and not pt.separate_p), (at.name, pt.name)
         assert select_b == pt.p_select and not at.p_select, (at.name, pt.name)
+        assert present_a == at.e_present and not pt.e_present, (at.name, pt.name)
+    assert parts[(C.A_NCE, C.P_RCE)][4] and not parts[(C.A_NFL, C.P_RCE)][4]
     assert parts[(C.A_NCE, C.P_NNCE)][2] and not parts[(C.A_NCE, C.P_AMSE)][2]
     assert parts[(C.A_NCE, C.P_RCE)][3] and not parts[(C.A_NCE, C.P_NNCE)][3]
     src = (Path(_terms.__file__).parent / "row_loss.py").read_text()
@@ -171,9 +174,9 @@ def test_kernel_lists_of_elementwise_terms_match_table():
             targets = node.targets if isinstance(node, ast.Assign) else [node.target]
             for tgt in targets:
                 if isinstance(tgt, ast.Name) and tgt.id in ("HAS_EA", "HAS_EB", "ONE_P",
-                                                            "SELECT_B"):
+                                                            "SELECT_B", "PRESENT_A"):
                     codes = [n.id for n in ast.walk(node.value)
                              if isinstance(n, ast.Name) and n.id[:2] in ("A_", "P_")]
                     assert not codes, (tgt.id, codes)
                     found += 1
-    assert found >= 4, found  # the check saw the assignments
+    assert found >= 5, found  # the check saw the assignments

@@ -77,11 +77,13 @@ def test_nonfinite_rows_match_the_reference(name, backend, path):
 
 
 @pytest.mark.parametrize("name", ["anl_ce", "nce_rce", "anl_fl", "ce", "nfl_amse"])
-@pytest.mark.parametrize("path", ["stream", "split"])
+@pytest.mark.parametrize("path", ["single", "stream", "split"])
 def test_nonfinite_rows_with_2_byte_logits(name, path):
     """The same batch with 37 classes in bf16, whose streaming and split passes take the
     leftover columns (37 % 8 = 5) apart and read the rest unmasked (kernels/row_loss.py
-    ``_first_block_end``): NaN rows where the reference has them; the -inf padded and the
+    ``_first_block_end``), and whose single block takes the policy's compact-row entries
+    (NCE+RCE: a register cap and LEAN, which reads the present classes from the logits
+    again): NaN rows where the reference has them; the -inf padded and the
     plain rows within tests/helpers.py's bf16 error model; the row of +-3e38 logits (which
     float32 arithmetic cannot take exactly, here or in the reference) as the single block
     computes it, within two bf16 roundings."""
