@@ -298,7 +298,8 @@ def _path(name, kwargs, sharded):
 
 def cases(quick: bool):
     """(loss, dtype, rows, K, options). The full set: every loss, bf16 and fp32, on each
-    path at its largest block; --quick: every loss once per path, the rest on ANL-CE."""
+    path at its largest block; --quick: every loss once per path, the rest on ANL-CE;
+    both: the launch policy's compact-row entries in bf16."""
     c = launch.get_config()
     single_k = c.max_single_k  # the largest single block: the most registers
     split = (c.split_max_rows, 8 * c.split_chunk)
@@ -311,6 +312,20 @@ def cases(quick: bool):
             out.append((loss, dt, 4096, 4 * c.block_k, {}))
             if not quick or loss in ("ce", "anl_ce", "anl_fl", "nce_rce"):
                 out.append((loss, dt, *split, {}))
+    # the launch policy's entries for compact rows (2-byte logits: ELEMS_PER_THREAD,
+    # REGISTER_CAP), bf16 on their path, --quick too
+    from fused_anl._registry import spec_of
+    compact = {(key[0], key[1]) for key in (*launch.ELEMS_PER_THREAD, *launch.REGISTER_CAP)
+               if key[2:] == (launch.COMPACT,)}
+    for loss in losses:
+        spec = spec_of(loss)
+        for path, codes in sorted(compact):
+            if codes == (spec.active, spec.passive):
+                out.append((loss, torch.bfloat16, 4096,
+                            single_k if path == "single" else 4 * c.block_k, {}))
+                if path == "blocks":  # and on a persistent grid (1 "SM" here: 2 programs)
+                    out.append((loss, torch.bfloat16, 4096, 4 * c.block_k,
+                                dict(config=dict(programs_per_sm=2))))
     for dt in (torch.bfloat16, torch.float16, torch.float32):
         out.append(("anl_ce", dt, 4096, 1000, {}))  # K = 1000: rows 16-byte aligned, block 1024
         out.append(("anl_ce", dt, 4096, 1001, {}))  # odd K: rows are not

@@ -92,9 +92,9 @@ def config(**overrides):
 #   column offsets (227-255, spills on the split path) or the cap's tanh in one block
 #   (197) would halve the occupancy or spill: those rows keep the default.
 # - NCE + RCE in one block on COMPACT rows: 32, under a register cap (REGISTER_CAP).
-# - RCE and SCE (CE + RCE) streaming on COMPACT rows: 32 (4 warps, 106 registers,
-#   occupancy 0.25, 34.6 instructions per element at K = 32768); at 16 ptxas held them
-#   at 80 registers and spilled 4 bytes once RCE's gradient became a select (36.5).
+# - RCE and SCE (CE + RCE) streaming on COMPACT rows: 32 under a register cap (about
+#   34-35 instructions per element at K = 32768); at 16 ptxas held them at 80 registers
+#   and spilled 4 bytes once RCE's gradient became a select.
 DEFAULT_ELEMS_PER_THREAD = 16
 COMPACT = "compact"  # an entry's third key: only for 2-byte, unit-stride, uncapped logits
 ELEMS_PER_THREAD = {
@@ -109,15 +109,23 @@ ELEMS_PER_THREAD = {
 }
 
 
-# Register caps (ptxas ``maxnreg``) of policy entries, keyed as ELEMS_PER_THREAD. Under a
-# cap the single-block kernel also recomputes what is cheap to recompute instead of
-# holding it across the row's reductions (kernels/row_loss.py ``_grad_combine`` LEAN).
+# Register caps (ptxas ``maxnreg``) of policy entries of the row kernel (one block or
+# streaming; not the split-row kernels), keyed as ELEMS_PER_THREAD. Under a cap the
+# single-block kernel also recomputes what is cheap to recompute instead of holding it
+# across the row's reductions (kernels/row_loss.py ``_grad_combine`` LEAN).
 # - NCE + RCE in one block on COMPACT rows: 32 elements per thread (8 warps at 8192)
 #   under a cap of 128 registers: 42.0 SASS instructions per element at K = 8192, no
 #   spill, occupancy 0.25 (sm_90; 16 per thread: 49.6 at 85 registers; 32 uncapped:
 #   149 registers, occupancy 0.125; capped without LEAN: 4 bytes spilled).
+# - RCE and SCE streaming on COMPACT rows (32 per thread). Uncapped, ptxas gave the
+#   persistent kernel 106 registers (occupancy 0.25) and the one-program-per-row kernel
+#   80 and a 4-byte spill. RCE at 96: 90-94 registers, no spill, occupancy 0.31; SCE
+#   spilled 12 bytes in the persistent kernel at 96 and 4 at 100, none at 104 (0.25;
+#   the one-program-per-row kernel 92 registers, 0.31).
 REGISTER_CAP = {
     ("single", (C.A_NCE, C.P_RCE), COMPACT): 128,
+    ("blocks", (C.A_CE, C.P_RCE), COMPACT): 104,
+    ("blocks", (C.A_NONE, C.P_RCE), COMPACT): 96,
 }
 
 
@@ -298,7 +306,8 @@ def plan(rows: int, k: int, cfg: LaunchConfig | None = None, *, inplace=False, s
         return Plan("split", cfg.block_k, _warps(cfg.block_k, cfg, ept), chunk,
                     triton.cdiv(k, chunk))
     grid = stream_grid(rows, k, elem_bytes, cfg.sms or sms, cfg.l2_bytes or l2, cfg)
-    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg, ept), grid=grid)
+    return Plan("stream", cfg.block_k, _warps(cfg.block_k, cfg, ept), grid=grid,
+                max_registers=register_cap("blocks", loss, cfg, compact=compact))
 
 
 @_device_guard
@@ -379,9 +388,11 @@ def _outputs(loss, grad, lse=None):
 
 
 def _register_cap(pl) -> dict:
-    """The launch arguments of a plan's register cap: ``maxnreg`` and the kernels' LEAN
-    (kernels/row_loss.py ``_grad_combine``)."""
-    return dict(maxnreg=pl.max_registers, LEAN=True) if pl.max_registers else {}
+    """The row kernel's launch arguments of a plan's register cap: ``maxnreg`` and, in one
+    block, the kernel's LEAN (kernels/row_loss.py ``_grad_combine``)."""
+    if not pl.max_registers:
+        return {}
+    return dict(maxnreg=pl.max_registers, LEAN=pl.path == "single")
 
 
 def _columns(z3, grad, block):

@@ -136,11 +136,12 @@ def test_per_loss_elements_per_thread():
 
 
 def test_register_cap_of_the_policy():
-    """A policy entry's register cap (launch.REGISTER_CAP: NCE + RCE in one block on
-    compact rows) reaches the plan, and the launch as ``maxnreg`` with the kernels' LEAN
-    flag; no other loss or path has one, nor an entry when the config sets its own
-    elements per thread. (The interpreter ignores ``maxnreg``; LEAN's arithmetic runs in
-    every bf16 NCE+RCE single-block test, tests/test_losses.py.)"""
+    """A policy entry's register cap (launch.REGISTER_CAP: NCE + RCE in one block, RCE and
+    SCE streaming, on compact rows) reaches the plan, and the row kernel's launch as
+    ``maxnreg``, with the kernel's LEAN flag in one block; no other loss or path has one,
+    nor an entry when the config sets its own elements per thread. (The interpreter
+    ignores ``maxnreg``; LEAN's arithmetic runs in every bf16 NCE+RCE single-block test,
+    tests/test_losses.py and tests/test_trust.py.)"""
     from fused_anl.kernels import _codes as C
 
     nce_rce, anl_ce = (C.A_NCE, C.P_RCE), (C.A_NCE, C.P_NNCE)
@@ -154,6 +155,12 @@ def test_register_cap_of_the_policy():
     assert launch.plan(16, 8192, loss=anl_ce, compact=True).max_registers == 0
     assert launch.plan(16384, 32768, loss=nce_rce, compact=True).max_registers == 0
     assert launch._register_cap(launch.plan(16, 8192, loss=anl_ce)) == {}
+    sce = (C.A_CE, C.P_RCE)
+    stream = launch.plan(16384, 32768, loss=sce, compact=True)
+    assert stream.path == "stream" and stream.max_registers == launch.REGISTER_CAP[
+        ("blocks", sce, launch.COMPACT)]
+    assert launch._register_cap(stream) == dict(maxnreg=stream.max_registers, LEAN=False)
+    assert launch.plan(4, 8 * 32768, loss=sce, compact=True).max_registers == 0  # split
     with launch.config(elems_per_thread=16):
         assert launch.plan(16, 8192, loss=nce_rce, compact=True).max_registers == 0
 
