@@ -26,6 +26,7 @@ import argparse
 import collections
 import contextlib
 import datetime
+import inspect
 import itertools
 import json
 import os
@@ -195,7 +196,8 @@ def ptxas_report(kernel, arch: int) -> dict:
             src = os.path.join(tmp, "k.ptx")
             with open(src, "w") as f:
                 f.write(kernel.asm["ptx"])
-            cmd = [get_ptxas(arch).path, "-lineinfo", "-v", "--regAllocOptLevel=2",
+            ptxas = get_ptxas(arch) if inspect.signature(get_ptxas).parameters else get_ptxas()
+            cmd = [ptxas.path, "-lineinfo", "-v", "--regAllocOptLevel=2",
                    f"--gpu-name={sm_arch_from_capability(arch)}", src, "-o",
                    os.path.join(tmp, "k.o")]
             if not kernel.metadata.enable_fp_fusion:

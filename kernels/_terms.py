@@ -22,6 +22,7 @@ validation) are its row of kernels/_codes.py ``TERMS``, and ``elementwise`` and
 
 Derivations use ``dl_k/dz_j = [k == j] - p_j`` and ``dp_y/dz_j = p_y([j==y] - p_j)``.
 """
+import inspect
 import os
 
 import triton
@@ -77,6 +78,11 @@ LOG2E = tl.constexpr(1.4426950408889634)
 # ex2.approx's own. The interpreter has no libdevice: it runs numpy's exact log2 (as its
 # exp2 is exact where the GPU's is ex2.approx).
 INTERPRETED = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") == "1")
+# Approximate float32 division: Triton 3.9 spells it ``fdiv(x, y, approx=True)``
+# (div.approx.f32, within 2 ulp for a divisor in [2^-126, 2^126]); earlier releases (the
+# GPU image's 3.6) have no such flag. There ``/`` is used: it compiles to div.full.f32 in
+# both (within 2 ulp over the full range; a few instructions more).
+FDIV_HAS_APPROX = tl.constexpr("approx" in inspect.signature(tl.math.fdiv).parameters)
 
 
 # The constants vector (kernels/_codes.py ``H_*``, H_SIZE values; label smoothing's class
@@ -188,7 +194,10 @@ def softcap(z, h):
         t = (1.0 - e) / (1.0 + e)
     else:
         e = tl.math.exp2(tl.abs(x) * (-2.0 * LOG2E))
-        t = tl.math.fdiv(1.0 - e, 1.0 + e, approx=True)
+        if FDIV_HAS_APPROX:
+            t = tl.math.fdiv(1.0 - e, 1.0 + e, approx=True)
+        else:
+            t = (1.0 - e) / (1.0 + e)
     zc = cap * tl.where(x < 0, -t, t)
     zc = tl.where(z == float("inf"), float("nan"), zc)
     return tl.where(z == NEG_INF, z, zc)
