@@ -408,13 +408,12 @@ def validate(p, args):
             p.error(f"argument --device: {args.device!r}, but this machine has "
                     f"{torch.cuda.device_count()} CUDA device(s)")
     if args.backend == "triton":
-        from .functional import resolve_backend
+        from .functional import _triton_missing, resolve_backend
         try:
             resolve_backend("triton", device)
         except ValueError:
-            import importlib.util
-            why = ("Triton is not installed (pip install '.[triton]')"
-                   if importlib.util.find_spec("triton") is None else
+            why = _triton_missing()
+            why = (f"{why} (pip install '.[triton]')" if why else
                    f"the Triton kernels need a CUDA device (or TRITON_INTERPRET=1 on {device})")
             p.error(f"argument --backend: triton: {why}")
     if args.dataset == "digits":

@@ -22,9 +22,12 @@ What is refused rather than answered wrongly:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import os
+import re
 import threading
+import warnings
 from dataclasses import dataclass
 from typing import Optional
 
@@ -38,12 +41,45 @@ from ._checks import functorch_wrapped as _functorch_wrapped
 BACKENDS = ("auto", "triton", "torch")
 
 
-def triton_available() -> bool:
+# The oldest Triton release the kernels are checked with: tests/test_gpu_compile.py
+# compiles every kernel for sm_90 with the installed Triton and with the GPU image's 3.6.
+# (By hand, 2026-12-02: 3.5.1 compiles them but one split-row kernel spills; 3.4 and
+# older lack ``triton.constexpr_function``.)
+MIN_TRITON = (3, 6)
+
+
+def triton_version() -> Optional[str]:
+    """The installed Triton's version string, or None when ``import triton`` fails."""
     try:
-        import triton  # noqa: F401
-    except Exception:  # pragma: no cover - depends on the install
-        return False
-    return True
+        import triton
+    except Exception:  # depends on the install
+        return None
+    return str(getattr(triton, "__version__", "0"))
+
+
+@functools.lru_cache(maxsize=None)
+def _release(version: str) -> tuple:
+    """(major, minor) of a version string such as ``3.6.0`` or ``3.7.0+git1a2b3c``."""
+    parts = re.findall(r"\d+", version)[:2]
+    return tuple(int(x) for x in parts) + (0,) * (2 - len(parts))
+
+
+def triton_available() -> bool:
+    """Whether a Triton the kernels support (``MIN_TRITON`` or newer) is installed."""
+    version = triton_version()
+    return version is not None and _release(version) >= MIN_TRITON
+
+
+@torch.compiler.assume_constant_result  # read while torch.compile traces a loss call
+def _triton_missing() -> str:
+    """Why the installed Triton cannot run the kernels ('' when it can)."""
+    version = triton_version()
+    if version is None:
+        return "Triton is not installed"
+    if _release(version) < MIN_TRITON:
+        return (f"Triton {version} is installed, older than {'.'.join(map(str, MIN_TRITON))}, "
+                "the oldest release the kernels support")
+    return ""
 
 
 def _interpreting() -> bool:
@@ -51,17 +87,32 @@ def _interpreting() -> bool:
 
 
 def resolve_backend(backend: str, device: torch.device) -> str:
+    """The backend a call runs: ``"auto"`` becomes ``"triton"`` where the kernels can run
+    (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``, with a supported Triton),
+    else ``"torch"`` (with a warning, once, on CUDA tensors when Triton is there but too
+    old); ``"triton"`` where they cannot raises a ``ValueError`` that says why."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    triton_ok = triton_available() and (device.type == "cuda" or (_interpreting() and device.type == "cpu"))
+    place_ok = device.type == "cuda" or (_interpreting() and device.type == "cpu")
+    missing = _triton_missing()
     if backend == "auto":
-        return "triton" if triton_ok else "torch"
-    if backend == "triton" and not triton_ok:
+        if place_ok and missing.startswith("Triton ") and not _compiling():
+            _warn_old_triton(missing)
+        return "triton" if place_ok and not missing else "torch"
+    if backend == "triton" and not (place_ok and not missing):
+        why = [] if place_ok else [f"got a tensor on {device}"]
+        why += [missing] if missing else []
         raise ValueError(
-            "backend='triton' needs CUDA tensors and Triton (or CPU tensors with TRITON_INTERPRET=1); "
-            f"got a tensor on {device}{'' if triton_available() else ' and Triton is not installed'}"
-        )
+            "backend='triton' needs CUDA tensors and Triton >= "
+            f"{'.'.join(map(str, MIN_TRITON))} (or CPU tensors with TRITON_INTERPRET=1): "
+            + "; ".join(why))
     return backend
+
+
+@functools.lru_cache(maxsize=None)
+def _warn_old_triton(why: str) -> None:
+    warnings.warn(f"fused_anl: {why}; backend='auto' runs the torch backend (the same "
+                  "values, without the fused kernels)", RuntimeWarning, stacklevel=4)
 
 
 _state = threading.local()

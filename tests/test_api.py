@@ -2,6 +2,7 @@
 import inspect
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,34 @@ def test_unknown_backend_and_triton_on_cpu_without_interpreter(monkeypatch):
         with pytest.raises(ValueError, match="needs CUDA tensors"):
             fused_anl.anl_ce(z, t, backend="triton")
         assert fused_anl.functional.resolve_backend("auto", z.device) == "torch"
+
+
+def test_a_triton_older_than_the_kernels_support(monkeypatch):
+    """Triton before MIN_TRITON cannot compile the kernels (3.4 has no
+    triton.constexpr_function): backend="triton" says so, "auto" runs the torch backend
+    (the same values) and warns once, and the loss matches the torch backend's."""
+    import types
+
+    from fused_anl import functional as F
+
+    z, t = _ok()
+    where = z.device if DEVICE == "cuda" else torch.device("cpu")
+    if DEVICE == "cpu":
+        monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert F.resolve_backend("auto", where) == "triton"  # the installed one is supported
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.4.0"))
+    F._warn_old_triton.cache_clear()
+    with pytest.raises(ValueError, match=r"Triton 3\.4\.0 is installed, older than 3\.6"):
+        fused_anl.anl_ce(z, t, backend="triton")
+    with pytest.warns(RuntimeWarning, match=r"Triton 3\.4\.0 .* runs the torch backend"):
+        loss = fused_anl.anl_ce(z, t)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once
+        assert F.resolve_backend("auto", where) == "torch"
+    torch.testing.assert_close(loss, fused_anl.anl_ce(z, t, backend="torch"), rtol=0, atol=0)
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.10.0+git"))
+    assert F.resolve_backend("auto", where) == "triton"
+    assert F._release("3.10.0+git") == (3, 10) > F.MIN_TRITON
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -83,6 +83,16 @@ def test_triton_without_triton_is_refused(no_training, capsys, monkeypatch, tmp_
     assert "Triton is not installed" in capsys.readouterr().err
 
 
+def test_triton_too_old_is_refused(no_training, capsys, monkeypatch, tmp_path):
+    import types
+
+    monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.4.0"))
+    with pytest.raises(SystemExit) as e:
+        fused_anl.__main__.main(["demo", "--backend", "triton", "--out", str(tmp_path)])
+    assert e.value.code == 2
+    assert "Triton 3.4.0 is installed, older than 3.6" in capsys.readouterr().err
+
+
 def test_triton_on_cpu_without_interpreter_is_refused(no_training, capsys, monkeypatch, tmp_path):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     if torch.cuda.is_available():
