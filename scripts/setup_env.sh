@@ -38,3 +38,21 @@ if [ -n "$extras" ]; then
 else
   pip_install .
 fi
+# The test extra also unpacks the Triton of the GPU machines' image beside the venv's own
+# (no dependencies; nothing imports it but tests/test_gpu_compile.py, which compiles the
+# kernels with both: GPU_IMAGE_TRITON there).
+GPU_IMAGE_TRITON=${GPU_IMAGE_TRITON:-3.6.0}
+case ",$extras," in
+  *,test,*)
+    side="$VENV/triton-gpu-image"
+    if [ "$(cat "$side/.version" 2>/dev/null)" != "$GPU_IMAGE_TRITON" ]; then
+      rm -rf "$side"
+      if pip_install --no-deps --target "$side" "triton==$GPU_IMAGE_TRITON"; then
+        echo "$GPU_IMAGE_TRITON" > "$side/.version"
+      else
+        echo "setup_env.sh: could not install triton==$GPU_IMAGE_TRITON into $side;" \
+             "tests/test_gpu_compile.py will fail until it is there" >&2
+      fi
+    fi
+    ;;
+esac

@@ -11,6 +11,12 @@ subprocess without TRITON_INTERPRET, for every loss on every path. Then:
 - at least a quarter of an SM's warp slots can be resident (registers permitting);
 - rows whose starts are 16-byte aligned (K = 1000, 32000) are read with 128-bit loads,
   and rows that are not (K = 1001) are not, so the alignment analysis is exact both ways.
+
+Each check runs twice: with the installed Triton, and with the Triton of the GPU
+machines' image (``GPU_IMAGE_TRITON``), which ``scripts/setup_env.sh test`` unpacks into
+``<venv>/triton-gpu-image``: the GPU check (benchmarks/gpu_check.sh) runs the kernels with
+that one, and Triton's language changes between releases (3.9's ``fdiv(approx=)`` is not
+in 3.6). ``fused_anl.functional.MIN_TRITON`` is the older of the two.
 """
 import json
 import os
@@ -22,18 +28,59 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-@pytest.fixture(scope="session")  # once per test process: xdist may interleave modules
-def sm90(tmp_path_factory):
+# The GPU machines' Triton (their image's torch 2.11 brings it; benchmarks/README.md).
+GPU_IMAGE_TRITON = "3.6.0"
+
+
+def _triton_env(build: str) -> dict:
+    """The environment of a compile-only subprocess with Triton ``build``: "installed" (the
+    test environment's) or "gpu-image" (``GPU_IMAGE_TRITON``: the installed one if it is
+    that release, else the copy scripts/setup_env.sh unpacked beside the venv)."""
+    import triton
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    path = [ROOT]
+    if build == "gpu-image" and triton.__version__ != GPU_IMAGE_TRITON:
+        side = os.path.join(sys.prefix, "triton-gpu-image")
+        if not os.path.isfile(os.path.join(side, "triton", "__init__.py")):
+            pytest.fail(f"Triton {GPU_IMAGE_TRITON} (the GPU image's) is not in {side}: "
+                        "run `bash scripts/setup_env.sh test` (or pip install --no-deps "
+                        f"--target {side} triton=={GPU_IMAGE_TRITON})")
+        path.insert(0, side)
+        env["TRITON_CACHE_DIR"] = os.path.join(side, "cache")  # not the installed one's
+    env["PYTHONPATH"] = os.pathsep.join(path + [env.get("PYTHONPATH", "")])
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    return env
+
+
+@pytest.fixture(scope="session", params=["installed", "gpu-image"])  # once per process
+def sm90(request, tmp_path_factory):
     pytest.importorskip("triton")
     out = tmp_path_factory.mktemp("sm90") / "rows.json"
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
+    env = _triton_env(request.param)
+    version = subprocess.run([sys.executable, "-c", "import triton; print(triton.__version__)"],
+                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    if request.param == "gpu-image":
+        assert version.stdout.strip() == GPU_IMAGE_TRITON, version.stdout + version.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "benchmarks.kernel_resources", "--quick", "--arch", "90",
          "--json", str(out)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.returncode == 0, (f"Triton {version.stdout.strip()}:\n" + proc.stdout[-3000:]
+                                  + proc.stderr[-3000:])
     return json.loads(out.read_text())
+
+
+def test_min_triton_is_the_oldest_checked():
+    """The floor the package states (MIN_TRITON; pyproject's triton>=) is a release this
+    module compiles the kernels with, and the GPU image's is not below it."""
+    import re
+
+    from fused_anl.functional import MIN_TRITON, _release
+
+    assert _release(GPU_IMAGE_TRITON) == MIN_TRITON
+    with open(os.path.join(ROOT, "pyproject.toml")) as f:
+        floors = set(re.findall(r'"triton>=([0-9.]+)"', f.read()))
+    assert floors == {".".join(map(str, MIN_TRITON))}, floors
 
 
 def test_every_loss_compiles_on_every_path(sm90):
