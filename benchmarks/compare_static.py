@@ -13,7 +13,7 @@ printed).
 
 The estimate is the report's model re-evaluated for the measured device, not its H100
 figure: ``max(bytes x N K / copy bandwidth, instructions x N K / issue rate)``, the copy
-bandwidth the one the check measured for that K (read + write bytes per second, the
+bandwidth the one the check measured for that tensor (read + write bytes per second, the
 same yardstick as the check's "% of copy bandwidth"), the issue rate SMs x 4 schedulers
 x 32 lanes x the SM clock (``nvidia-smi``'s clocks.max.sm when the check recorded it,
 else the report's). The bytes assume re-reads hit L2; ``bytes_if_rereads_miss`` gives
@@ -30,6 +30,8 @@ import re
 import sys
 
 TOLERANCE = 0.25  # issue 19: "where they disagree by more than 25%"
+# The static report made with the GPU machines' Triton (benchmarks/results/<this>/).
+DEFAULT_STATIC = "static-sm90-triton3.6-2026-12-02"
 
 
 def _json(path: str, name: str) -> dict:
@@ -66,7 +68,9 @@ def compare(results: dict, static: dict, tolerance: float = TOLERANCE) -> list[d
         if r.get("impl") != "fused" or "ms" not in r:
             continue
         n, k = r["n"], r["k"]
-        gbps = copy.get(str(k)) or results.get("env", {}).get("copy_gbps")
+        # the copy measured for this row's tensor: on the row, else by its bytes (bf16)
+        gbps = (r.get("copy_gbps") or copy.get(str(n * k * 2))
+                or results.get("env", {}).get("copy_gbps"))
         row = dict(loss=r["loss"], N=n, K=k, dtype=r.get("dtype"), measured_ms=r["ms"])
         case = cases.get((r["loss"], n, k))
         if case is None or not gbps:
@@ -121,7 +125,7 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", help="the GPU check's results folder or results.json")
     p.add_argument("--static", default=os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "results", "static-sm90-triton3.6-2026-12-02"),
+        os.path.dirname(os.path.abspath(__file__)), "results", DEFAULT_STATIC),
         help="a static report's folder or roofline.json (default: the GPU image's Triton 3.6)")
     p.add_argument("--out", help="also write the table here")
     a = p.parse_args(argv)

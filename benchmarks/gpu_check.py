@@ -121,6 +121,20 @@ def targets_table(bench):
     return out
 
 
+def _static_comparison(stages, info):
+    """compare_static's table for the fused bench rows against the committed static report
+    of the GPU image's Triton (a line saying why, if it cannot be made)."""
+    try:
+        from benchmarks import compare_static as CS
+
+        with open(Path(CS.__file__).parent / "results" / CS.DEFAULT_STATIC / "roofline.json") as f:
+            static = json.load(f)
+        results = dict(env=info, date=str(datetime.date.today()), stages=stages)
+        return CS.report(CS.compare(results, static), results, static).splitlines()[2:]
+    except Exception as e:  # noqa: BLE001 - the summary must still be written
+        return [f"(not made: {type(e).__name__}: {e})"]
+
+
 def summarize(stages, env, rev, mode, total_s, out_dir):
     info = env.get("info", {})
     lines = [f"# GPU check ({mode}): {info.get('device', '?')}, {datetime.date.today()}", ""]
@@ -158,6 +172,9 @@ def summarize(stages, env, rev, mode, total_s, out_dir):
             if "ms" in r:
                 lines.append(f"| linear {r['loss']} | {r['k']} | {r['impl']} | {r['ms']:.2f} | | | "
                              f"{r.get('peak_extra_mib', float('nan')):.0f} | {r.get('time_vs_unfused', 0):.2f} (/unfused) |")
+    if rows:
+        lines += ["", "## Measured vs static estimate (benchmarks/compare_static.py)", ""]
+        lines += _static_comparison(stages, info)
     tune = stages.get("tune", {})
     if tune.get("recommended") is not None:
         lines += ["", f"## Launch policy: recommended {tune['recommended']} (current {tune['current']}); "

@@ -13,7 +13,8 @@ STATIC = os.path.join(ROOT, "benchmarks", "results", "static-sm90-triton3.6-2026
 
 
 def _results(ms_anl_ce, ms_ce):
-    rows = [dict(loss="anl_ce", impl="fused", dtype="bfloat16", n=16384, k=32768, ms=ms_anl_ce),
+    rows = [dict(loss="anl_ce", impl="fused", dtype="bfloat16", n=16384, k=32768, ms=ms_anl_ce,
+                 copy_gbps=4300.0),
             dict(loss="anl_ce", impl="eager", dtype="bfloat16", n=16384, k=32768, ms=9.0),
             dict(loss="ce", impl="fused", dtype="bfloat16", n=16384, k=128256, ms=ms_ce),
             dict(loss="anl_ce", impl="fused", dtype="bfloat16", n=64, k=256, ms=0.1),
@@ -22,8 +23,7 @@ def _results(ms_anl_ce, ms_ce):
     return dict(date="2026-12-03",
                 env=dict(device="NVIDIA H200", sms=132, triton="3.6.0",
                          driver="580.159.03, 1980 MHz, 3201 MHz"),
-                stages=dict(bench=dict(rows=rows, copy_gbps={"32768": 4300.0,
-                                                             "131072": 4400.0})))
+                stages=dict(bench=dict(rows=rows, copy_gbps={str(16384 * 32768 * 2): 4400.0})))
 
 
 def test_estimate_is_the_model_at_the_measured_device():
@@ -43,8 +43,13 @@ def test_estimate_is_the_model_at_the_measured_device():
     assert r["bound"] == ("memory" if t_mem >= t_issue else "issue")
     assert r["est_ms_if_rereads_miss"] >= r["est_ms"]
     assert r["ratio"] == pytest.approx(1.1) and r["agrees"]
-    # K = 128256 has no copy figure of its own: the env's is used, and there is none
+    # ce at K = 128256: no copy figure on the row nor for its bytes, nor in env
     assert rows[1]["note"] == "no copy bandwidth" and rows[2]["note"] == "no static case"
+    res = _results(ms_anl_ce=1.0, ms_ce=1.0)
+    res["stages"]["bench"]["rows"][0].pop("copy_gbps")  # then by its bytes: 4400 GB/s
+    by_bytes = CS.compare(res, static)[0]
+    assert by_bytes["est_ms"] == pytest.approx(
+        1e3 * max(t_mem * 4300 / 4400, t_issue), rel=1e-12)
 
     far = CS.compare(_results(ms_anl_ce=1.3 * want, ms_ce=1.0), static)[0]
     assert not far["agrees"] and far["ratio"] == pytest.approx(1.3)

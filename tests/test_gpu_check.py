@@ -50,6 +50,10 @@ def test_rehearsal_exits_0_and_every_stage_ran(rehearsal):
     assert res["stages"]["bench"]["targets"], "no target lines"
     assert res["stages"]["tune"]["recommended"] is not None
     assert res["env"]["copy_gbps"] > 0
+    # the measured-vs-static section is made (the rehearsal's shapes have no static case)
+    summary = (out / "summary.md").read_text()
+    assert "## Measured vs static estimate" in summary and "(not made:" not in summary
+    assert "| anl_ce | 64 | 256 | | " in summary and "no static case" in summary
 
 
 def test_rehearsal_covers_every_path(rehearsal):
