@@ -46,6 +46,7 @@ BACKENDS = ("auto", "triton", "torch")
 # (By hand, 2026-12-02: 3.5.1 compiles them but one split-row kernel spills; 3.4 and
 # older lack ``triton.constexpr_function``.)
 MIN_TRITON = (3, 6)
+_MIN_TRITON_TEXT = ".".join(map(str, MIN_TRITON))
 
 
 def triton_version() -> Optional[str]:
@@ -66,8 +67,7 @@ def _release(version: str) -> tuple:
 
 def triton_available() -> bool:
     """Whether a Triton the kernels support (``MIN_TRITON`` or newer) is installed."""
-    version = triton_version()
-    return version is not None and _release(version) >= MIN_TRITON
+    return not _triton_missing()
 
 
 @torch.compiler.assume_constant_result  # read while torch.compile traces a loss call
@@ -77,7 +77,7 @@ def _triton_missing() -> str:
     if version is None:
         return "Triton is not installed"
     if _release(version) < MIN_TRITON:
-        return (f"Triton {version} is installed, older than {'.'.join(map(str, MIN_TRITON))}, "
+        return (f"Triton {version} is installed, older than {_MIN_TRITON_TEXT}, "
                 "the oldest release the kernels support")
     return ""
 
@@ -96,15 +96,15 @@ def resolve_backend(backend: str, device: torch.device) -> str:
     place_ok = device.type == "cuda" or (_interpreting() and device.type == "cpu")
     missing = _triton_missing()
     if backend == "auto":
-        if place_ok and missing.startswith("Triton ") and not _compiling():
-            _warn_old_triton(missing)
+        if place_ok and missing and not _compiling() and triton_version() is not None:
+            _warn_old_triton(missing)  # installed but too old: say why the kernels are not used
         return "triton" if place_ok and not missing else "torch"
     if backend == "triton" and not (place_ok and not missing):
         why = [] if place_ok else [f"got a tensor on {device}"]
         why += [missing] if missing else []
         raise ValueError(
-            "backend='triton' needs CUDA tensors and Triton >= "
-            f"{'.'.join(map(str, MIN_TRITON))} (or CPU tensors with TRITON_INTERPRET=1): "
+            f"backend='triton' needs CUDA tensors and Triton >= {_MIN_TRITON_TEXT} (or CPU "
+            "tensors with TRITON_INTERPRET=1): "
             + "; ".join(why))
     return backend
 

@@ -107,6 +107,10 @@ def test_a_triton_older_than_the_kernels_support(monkeypatch):
         warnings.simplefilter("error")  # once
         assert F.resolve_backend("auto", where) == "torch"
     torch.testing.assert_close(loss, fused_anl.anl_ce(z, t, backend="torch"), rtol=0, atol=0)
+    monkeypatch.setitem(sys.modules, "triton", None)  # not installed: torch, no warning
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert F.resolve_backend("auto", where) == "torch"
     monkeypatch.setitem(sys.modules, "triton", types.SimpleNamespace(__version__="3.10.0+git"))
     assert F.resolve_backend("auto", where) == "triton"
     assert F._release("3.10.0+git") == (3, 10) > F.MIN_TRITON
